@@ -1,0 +1,3 @@
+from melt.cli import main
+
+main()

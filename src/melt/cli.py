@@ -1,0 +1,74 @@
+"""The `melt` command: a thin layer over the Python API.
+
+Each stage's sub-package defines its own commands; this module assembles them and turns a `MeltError` into
+one line on standard error and exit status 2, so users never see a traceback for their own mistakes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from melt import __version__
+from melt.acoustics.cli import acoustics_app, audio_app
+from melt.analysis.cli import compare_command
+from melt.annotate.cli import annotate_command
+from melt.corpus.cli import corpus_app
+from melt.demo import demo_command
+from melt.errors import MeltError
+
+app = typer.Typer(
+    name="melt",
+    help=(
+        "Annotate speech-emotion corpora with language models, and check the labels against human labels "
+        "and against the audio."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"melt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """melt: LLM annotation of speech-emotion corpora, with the checks that tell whether the labels are any good."""
+
+
+app.add_typer(corpus_app, name="corpus")
+app.command("compare")(compare_command)
+app.command("annotate")(annotate_command)
+app.add_typer(audio_app, name="audio")
+app.add_typer(acoustics_app, name="acoustics")
+app.command("demo")(demo_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    err = Console(stderr=True, highlight=False)
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except MeltError as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
