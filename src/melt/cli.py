@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -54,20 +53,12 @@ app.add_typer(acoustics_app, name="acoustics")
 app.command("demo")(demo_command)
 
 
-def main(argv: list[str] | None = None) -> None:
-    err = Console(stderr=True, highlight=False)
+def main() -> None:
     try:
-        code = app(args=argv, standalone_mode=False)
+        app()
     except MeltError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(2)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
