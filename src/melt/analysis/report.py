@@ -35,8 +35,20 @@ figcaption,.caption{color:#555;font-size:.9em}
 """
 
 
+def _with_index(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its index as the first column, unless the index is a plain row number."""
+    if isinstance(table.index, pd.RangeIndex) and not table.index.name:
+        return table
+    header = str(table.index.name or "")
+    while header in table.columns:
+        header += " "
+    frame = table.copy()
+    frame.insert(0, header, table.index)
+    return frame.reset_index(drop=True)
+
+
 def _table_markdown(table: pd.DataFrame) -> str:
-    frame = table.reset_index() if table.index.name or not isinstance(table.index, pd.RangeIndex) else table
+    frame = _with_index(table)
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -50,7 +62,7 @@ def _cell(value: object) -> str:
 
 
 def _table_html(table: pd.DataFrame) -> str:
-    frame = table.reset_index() if table.index.name or not isinstance(table.index, pd.RangeIndex) else table
+    frame = _with_index(table)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
