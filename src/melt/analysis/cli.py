@@ -43,7 +43,9 @@ def compare_command(
     candidate = candidate or default_candidate
     for column in (reference, candidate):
         if column not in table.columns:
-            raise MeltError(f"no label column {column!r}; found {list(table.columns)}", file=input, column=column)
+            raise MeltError(
+                f"no label column {column!r}; found {list(table.columns)}", file=input, column=column
+            )
     label_set = LabelSet.from_labels(labels.split(",")) if labels else MELT_LABEL_SET
     comparison = compare_labels(
         table[reference].tolist(),
@@ -72,4 +74,6 @@ def print_summary(summary: dict) -> None:
         + (f", left out (missing label) = {summary['missing']}" if summary["missing"] else "")
     )
     if summary["off_label"]:
-        console.print("labels outside the set: " + ", ".join(f"{k} {v}" for k, v in summary["off_label"].items()))
+        console.print(
+            "labels outside the set: " + ", ".join(f"{k} {v}" for k, v in summary["off_label"].items())
+        )

@@ -71,7 +71,8 @@ class Comparison:
                 "candidate": {k: int(v) for k, v in counts[self.candidate_name].items()},
             },
             "transition": {
-                ref: {cand: int(transition.loc[ref, cand]) for cand in transition.columns} for ref in transition.index
+                ref: {cand: int(transition.loc[ref, cand]) for cand in transition.columns}
+                for ref in transition.index
             },
             "cohen_kappa": metrics.cohen_kappa(self.reference, self.candidate, self.classes),
             "krippendorff_alpha": metrics.krippendorff_alpha_nominal(
@@ -132,7 +133,12 @@ def plot_transition(comparison: Comparison, path: Path) -> Path:
             for j in range(data.shape[1]):
                 value = data.iat[i, j]
                 ax.text(
-                    j, i, fmt.format(value), ha="center", va="center", fontsize=8,
+                    j,
+                    i,
+                    fmt.format(value),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
                     color="white" if value > 0.6 * peak else "black",
                 )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -182,7 +188,14 @@ def comparison_section(comparison: Comparison, summary: dict, out_dir: Path) -> 
             ]
         },
         index=pd.Index(
-            ["utterances", "left out (label missing)", "changed", "change rate", "Cohen's κ", "Krippendorff's α"],
+            [
+                "utterances",
+                "left out (label missing)",
+                "changed",
+                "change rate",
+                "Cohen's κ",
+                "Krippendorff's α",
+            ],
             name="measure",
         ),
     )
@@ -212,7 +225,9 @@ def write_comparison(comparison: Comparison, out_dir: str | Path, title: str = "
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary()
-    atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8"))
+    atomic_write(
+        out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    )
     write_report(out_dir, title, [comparison_section(comparison, summary, out_dir)])
     return summary
 

@@ -28,7 +28,9 @@ def confusion_matrix(
     for ref, cand in zip(reference, candidate, strict=True):
         if ref in position and cand in position:
             counts[position[ref], position[cand]] += 1
-    return pd.DataFrame(counts, index=pd.Index(classes, name="reference"), columns=pd.Index(classes, name="candidate"))
+    return pd.DataFrame(
+        counts, index=pd.Index(classes, name="reference"), columns=pd.Index(classes, name="candidate")
+    )
 
 
 def accuracy(reference: Sequence[str], candidate: Sequence[str]) -> float:
@@ -64,7 +66,9 @@ def macro_f1(reference, candidate, labels=None) -> float:
     return float(f1.mean())
 
 
-def cohen_kappa(reference: Sequence[str], candidate: Sequence[str], labels: Sequence[str] | None = None) -> float:
+def cohen_kappa(
+    reference: Sequence[str], candidate: Sequence[str], labels: Sequence[str] | None = None
+) -> float:
     """Cohen's κ = (p_o − p_e) / (1 − p_e) from the confusion matrix."""
     matrix = confusion_matrix(reference, candidate, labels).to_numpy().astype(float)
     total = matrix.sum()

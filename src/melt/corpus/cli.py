@@ -14,7 +14,9 @@ from melt.errors import MeltError
 if TYPE_CHECKING:
     import pandas as pd
 
-corpus_app = typer.Typer(help="Build utterance tables from MELD, MELT or any CSV/Parquet file.", no_args_is_help=True)
+corpus_app = typer.Typer(
+    help="Build utterance tables from MELD, MELT or any CSV/Parquet file.", no_args_is_help=True
+)
 
 OUT_HELP = "Output utterance table: .parquet or .csv."
 SELECT_HELP = "Selection to apply: 'melt' (the MELT paper's rule) or a YAML file of selection settings."
@@ -37,10 +39,14 @@ def _finish(table: pd.DataFrame, out: Path, select: str | None) -> None:
         if result.speakers:
             console.print(f"{len(result.speakers)} speakers kept: {', '.join(sorted(result.speakers))}")
         table = result.table
-    per_split = table.groupby("split", dropna=False).agg(utterances=("id", "size"), speakers=("speaker", "nunique"))
+    per_split = table.groupby("split", dropna=False).agg(
+        utterances=("id", "size"), speakers=("speaker", "nunique")
+    )
     console.print(
         "rows per split: "
-        + ", ".join(f"{split} {row.utterances} ({row.speakers} speakers)" for split, row in per_split.iterrows())
+        + ", ".join(
+            f"{split} {row.utterances} ({row.speakers} speakers)" for split, row in per_split.iterrows()
+        )
     )
     write_table(table, out)
     console.print(f"wrote {len(table)} rows to {out}")
@@ -48,10 +54,14 @@ def _finish(table: pd.DataFrame, out: Path, select: str | None) -> None:
 
 @corpus_app.command("meld")
 def meld_command(
-    folder: Path = typer.Argument(..., help="Folder with MELD's train/dev/test_sent_emo.csv (or one such file)."),
+    folder: Path = typer.Argument(
+        ..., help="Folder with MELD's train/dev/test_sent_emo.csv (or one such file)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     select: str | None = typer.Option(None, "--select", help=SELECT_HELP),
-    splits: str = typer.Option("train,dev,test", "--splits", help="Comma-separated splits to read from a folder."),
+    splits: str = typer.Option(
+        "train,dev,test", "--splits", help="Comma-separated splits to read from a folder."
+    ),
 ) -> None:
     """MELD transcripts and human labels as an utterance table (ids like train/dia0_utt0)."""
     from melt.corpus.loaders import load_meld

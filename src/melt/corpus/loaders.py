@@ -58,7 +58,10 @@ def _integers(raw: pd.DataFrame, column: str, source: Path) -> pd.Series:
     if bad.any():
         position = int(bad.to_numpy().argmax())
         raise MeltError(
-            f"expected a whole number, found {raw[column].iloc[position]!r}", file=source, row=position + 1, column=column
+            f"expected a whole number, found {raw[column].iloc[position]!r}",
+            file=source,
+            row=position + 1,
+            column=column,
         )
     return numbers.astype("Int64")
 
@@ -105,7 +108,9 @@ def _meld_like(raw: pd.DataFrame, split: str, source: Path, labels: LabelSet) ->
     return table
 
 
-def load_meld(path: str | Path, splits: tuple[str, ...] = MELD_SPLITS, labels: LabelSet = MELT_LABEL_SET) -> pd.DataFrame:
+def load_meld(
+    path: str | Path, splits: tuple[str, ...] = MELD_SPLITS, labels: LabelSet = MELT_LABEL_SET
+) -> pd.DataFrame:
     """MELD's `{split}_sent_emo.csv` files from a folder (or one such file) as one utterance table."""
     path = Path(path)
     if path.is_file():
@@ -113,7 +118,9 @@ def load_meld(path: str | Path, splits: tuple[str, ...] = MELD_SPLITS, labels: L
         files = {match.group(1) if match else path.stem: path}
     else:
         if not path.exists():
-            raise MeltError("folder not found", file=path)
+            raise MeltError(
+                "file not found (expected a folder with MELD's CSV files, or one of them)", file=path
+            )
         files = {split: path / f"{split}_sent_emo.csv" for split in splits}
     tables = []
     for split, file in files.items():
@@ -130,7 +137,9 @@ def split_from_name(path: str | Path) -> str | None:
     return match.group(1) if match else None
 
 
-def load_melt_csv(path: str | Path, split: str | None = None, labels: LabelSet = MELT_LABEL_SET) -> pd.DataFrame:
+def load_melt_csv(
+    path: str | Path, split: str | None = None, labels: LabelSet = MELT_LABEL_SET
+) -> pd.DataFrame:
     """A published MELT CSV: MELD's human label becomes `label`, GPT-4o's becomes `llm_label`.
 
     Speakers stay lower-cased and the text stays as MELT normalised it; join to MELD on ids, never on text."""
@@ -148,7 +157,10 @@ def load_melt_csv(path: str | Path, split: str | None = None, labels: LabelSet =
 
 
 def load_table(
-    path: str | Path, columns: Mapping[str, str] | None = None, split: str | None = None, labels: LabelSet = MELT_LABEL_SET
+    path: str | Path,
+    columns: Mapping[str, str] | None = None,
+    split: str | None = None,
+    labels: LabelSet = MELT_LABEL_SET,
 ) -> pd.DataFrame:
     """Any CSV or Parquet file as an utterance table.
 

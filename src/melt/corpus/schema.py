@@ -58,7 +58,10 @@ def conform(table: pd.DataFrame, *, source: str | Path = "<table>") -> pd.DataFr
             except (TypeError, ValueError) as exc:
                 bad = _first_uncastable(out[column], dtype)
                 raise MeltError(
-                    f"value {out[column].iloc[bad]!r} is not of type {dtype}", file=source, row=bad + 1, column=column
+                    f"value {out[column].iloc[bad]!r} is not of type {dtype}",
+                    file=source,
+                    row=bad + 1,
+                    column=column,
                 ) from exc
     check_ids(out, source=source)
     extra = [c for c in out.columns if c not in COLUMNS]
@@ -140,11 +143,14 @@ def read_any(path: str | Path, *, dtype: dict[str, str] | None = None) -> pd.Dat
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise MeltError(
-            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); re-save the file as UTF-8", file=path,
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); re-save the file as UTF-8",
+            file=path,
             row=max(line - 1, 0) or None,
         ) from exc
     try:
-        table = pd.read_csv(path, dtype=dtype or str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+        table = pd.read_csv(
+            path, dtype=dtype or str, keep_default_na=False, na_values=[""], encoding="utf-8-sig"
+        )
     except pd.errors.EmptyDataError as exc:
         raise MeltError("file has no header or rows", file=path) from exc
     except pd.errors.ParserError as exc:
@@ -162,4 +168,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def require_columns(table: pd.DataFrame, columns: Sequence[str], *, source: str | Path, purpose: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise MeltError(f"missing column(s) {missing} needed for {purpose}; found {list(table.columns)}", file=source)
+        raise MeltError(
+            f"missing column(s) {missing} needed for {purpose}; found {list(table.columns)}", file=source
+        )

@@ -101,7 +101,14 @@ def select(table: pd.DataFrame, filters: list[Filter]) -> SelectionResult:
         kept = flt.keep(current)
         if isinstance(flt, NamedSpeakers):
             speakers = flt.speakers(current)
-        steps.append({"filter": flt.name, "before": len(current), "removed": int((~kept).sum()), "after": int(kept.sum())})
+        steps.append(
+            {
+                "filter": flt.name,
+                "before": len(current),
+                "removed": int((~kept).sum()),
+                "after": int(kept.sum()),
+            }
+        )
         current = current[kept.to_numpy()]
     return SelectionResult(current.reset_index(drop=True), pd.DataFrame(steps), speakers)
 
@@ -124,7 +131,9 @@ class SelectionConfig(BaseModel):
             return cls()
         path = Path(name_or_path)
         if not path.exists():
-            raise MeltError("unknown selection: neither the preset 'melt' nor an existing YAML file", file=path)
+            raise MeltError(
+                "unknown selection: neither the preset 'melt' nor an existing YAML file", file=path
+            )
         try:
             return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
         except (yaml.YAMLError, ValueError) as exc:
@@ -138,6 +147,8 @@ class SelectionConfig(BaseModel):
             filters.append(MinWords(self.min_words))
         if self.min_speaker_utterances is not None:
             filters.append(
-                NamedSpeakers(self.min_speaker_utterances, self.speaker_reference_split, tuple(self.speaker_stop_list))
+                NamedSpeakers(
+                    self.min_speaker_utterances, self.speaker_reference_split, tuple(self.speaker_stop_list)
+                )
             )
         return filters

@@ -1,0 +1,135 @@
+import pandas as pd
+import pytest
+
+from melt.corpus.loaders import load_meld, load_melt_csv, load_table, parse_time, split_from_name
+from melt.corpus.schema import COLUMNS, read_table, write_table
+from melt.errors import MeltError
+
+MELD_HEADER = (
+    "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+)
+
+
+def meld_csv(tmp_path, rows: list[str], name="train_sent_emo.csv"):
+    path = tmp_path / name
+    path.write_text(MELD_HEADER + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_parse_time_handles_meld_formats():
+    assert parse_time("0:16:04,777") == pytest.approx(964.777)
+    assert parse_time("00:16:16,059") == pytest.approx(976.059)
+    # MELD sometimes drops the zero padding of the milliseconds: ",28" is 28 ms.
+    assert parse_time("00:06:47,28") == pytest.approx(407.028)
+    with pytest.raises(ValueError):
+        parse_time("16:04")
+
+
+def test_meld_rows_become_schema_rows(tmp_path):
+    path = meld_csv(
+        tmp_path,
+        [
+            '1,"Hi, there.",Ross,Joy,positive,3,0,2,5,"0:00:01,000","0:00:03,500"',
+            '2,"Oh, no!",Rachel,surprise,negative,3,1,2,5,"0:00:04,000","0:00:04,600"',
+        ],
+    )
+    table = load_meld(path)
+    assert list(table.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert table["id"].tolist() == ["train/dia3_utt0", "train/dia3_utt1"]
+    assert table["duration"].tolist() == pytest.approx([2.5, 0.6])
+    assert table["label"].tolist() == ["joy", "surprise"]
+    assert table["duration_source"].unique().tolist() == ["timestamps"]
+
+
+def test_ids_are_qualified_by_split(tmp_path):
+    row = '1,"Same keys.",Ross,joy,positive,0,0,1,1,"0:00:01,000","0:00:03,000"'
+    meld_csv(tmp_path, [row], "train_sent_emo.csv")
+    meld_csv(tmp_path, [row], "test_sent_emo.csv")
+    table = load_meld(tmp_path, splits=("train", "test"))
+    assert table["id"].tolist() == ["train/dia0_utt0", "test/dia0_utt0"]
+
+
+def test_unparsable_time_names_file_row_column(tmp_path):
+    path = meld_csv(
+        tmp_path,
+        [
+            '1,"Fine.",Ross,joy,positive,0,0,1,1,"0:00:01,000","0:00:03,000"',
+            '2,"Broken.",Ross,joy,positive,0,1,1,1,"0:00:04,000","soon"',
+        ],
+    )
+    with pytest.raises(MeltError) as info:
+        load_meld(path)
+    assert info.value.file == str(path) and info.value.row == 2 and info.value.column == "EndTime"
+
+
+def test_duplicate_id_is_an_error(tmp_path):
+    row = '1,"Twice.",Ross,joy,positive,0,0,1,1,"0:00:01,000","0:00:03,000"'
+    path = meld_csv(tmp_path, [row, row])
+    with pytest.raises(MeltError, match="duplicate id") as info:
+        load_meld(path)
+    assert info.value.row == 2 and info.value.column == "id"
+
+
+def test_missing_column_empty_file_and_non_utf8(tmp_path):
+    no_speaker = tmp_path / "train_sent_emo.csv"
+    no_speaker.write_text("Utterance,Emotion\nhi,joy\n", encoding="utf-8")
+    with pytest.raises(MeltError, match="missing column"):
+        load_meld(no_speaker)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(MeltError, match="empty"):
+        load_table(empty)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,text\na,caf\xe9 ok\n".encode("latin-1"))
+    with pytest.raises(MeltError, match="UTF-8") as info:
+        load_table(latin)
+    assert info.value.row == 1
+
+
+def test_generic_table_with_column_mapping(tmp_path):
+    path = tmp_path / "mine.csv"
+    pd.DataFrame(
+        {"utt": ["u1", "u2"], "transcript": ["hello there", "go away"], "emo": ["Happy", "Frustrated"]}
+    ).to_csv(path, index=False)
+    table = load_table(path, {"id": "utt", "text": "transcript", "label": "emo"}, split="train")
+    assert table["id"].tolist() == ["u1", "u2"]
+    assert table["label"].tolist() == ["joy", "frustrated"]  # off-label kept, not coerced
+    assert table["split"].tolist() == ["train", "train"]
+    with pytest.raises(MeltError, match="not in the file"):
+        load_table(path, {"text": "nope"})
+
+
+def test_parquet_and_csv_round_trip(tmp_path):
+    table = load_table(_tiny(tmp_path))
+    for name in ("t.parquet", "t.csv"):
+        write_table(table, tmp_path / name)
+        back = read_table(tmp_path / name)
+        pd.testing.assert_frame_equal(back, table, check_dtype=False)
+
+
+def _tiny(tmp_path):
+    path = tmp_path / "tiny.csv"
+    path.write_text(
+        'id,text,label,start,end\na,one two three,joy,"0:00:01,000","0:00:02,500"\n', encoding="utf-8"
+    )
+    return path
+
+
+def test_split_from_name():
+    assert split_from_name("meld_train.csv") == "train"
+    assert split_from_name("meld_test.csv") == "test"
+    assert split_from_name("whatever.csv") is None
+
+
+def test_melt_csv_keeps_llm_label_and_its_off_labels(tmp_path):
+    path = tmp_path / "meld_test.csv"
+    path.write_text(
+        "filename,Sr_No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime,llm_label\n"
+        'dia0_utt0.wav,1,Why would you do that,ross,anger,negative,0,0,1,1,"0:00:01,000","0:00:03,000",frustration\n',
+        encoding="utf-8",
+    )
+    table = load_melt_csv(path)
+    assert table.loc[0, "id"] == "test/dia0_utt0"
+    assert table.loc[0, "speaker"] == "ross"
+    assert table.loc[0, "label"] == "anger"
+    assert table.loc[0, "llm_label"] == "frustration"
