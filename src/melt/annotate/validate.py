@@ -1,0 +1,225 @@
+"""Judge a model's reply: find its JSON answer, check it, normalise the label, flag what looks wrong.
+
+A reply is never repaired by guessing: an emotion outside the label set makes the reply unusable (the engine
+re-asks with the error), while suspicious but usable facts (a different character name, a synonym that was
+mapped) only raise flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from melt.corpus.labels import LabelSet, _clean
+from melt.prompts import PromptConfig, answer_model, prompt_labels
+
+
+@dataclass
+class Validation:
+    ok: bool
+    #: flat answer (character, context, emotion, loudness, pitch, rhythm_speed, emotional_impact) whenever the
+    #: reply held a well-formed answer, also when `ok` is False because of its label, so a last failed attempt
+    #: can still be recorded (with its off_label flag); None when no answer could be read
+    answer: dict[str, str] | None
+    error: str | None
+    flags: list[str] = field(default_factory=list)
+
+
+def _object_end(text: str, start: int) -> int | None:
+    """Index of the brace closing the one at `start`, skipping braces in JSON strings; None if unclosed."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        char = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _drop_trailing_commas(text: str) -> str:
+    """`{"a": 1,}` -> `{"a": 1}`: a slip models make; commas inside strings are kept."""
+    out, in_string, escaped = [], False, False
+    for i, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "," and text[i + 1 :].lstrip()[:1] in ("}", "]"):
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def json_objects(text: str) -> tuple[list[tuple[dict[str, Any], bool]], bool]:
+    """Top-level JSON objects in `text` in order, each with whether trailing commas had to be removed; and
+    whether some object was left unclosed (a reply cut off by the token limit)."""
+    found: list[tuple[dict[str, Any], bool]] = []
+    unclosed = False
+    position = 0
+    while (start := text.find("{", position)) >= 0:
+        end = _object_end(text, start)
+        if end is None:
+            unclosed = True
+            position = start + 1
+            continue
+        candidate = text[start : end + 1]
+        value, repaired = None, False
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            with contextlib.suppress(json.JSONDecodeError):
+                value, repaired = json.loads(_drop_trailing_commas(candidate)), True
+        if isinstance(value, dict):
+            found.append((value, repaired))
+            position = end + 1
+        else:
+            # Prose such as "{curly}" is not JSON; an answer may still start at a later brace.
+            position = start + 1
+    return found, unclosed
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "answer"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+_TITLES = {"mr", "mrs", "ms", "miss", "dr", "doctor", "the", "a"}
+
+
+def same_character(answer: str, speaker: str) -> bool:
+    """Whether the answer names the speaker: case-insensitive, "Monica Geller" matches "monica" (first names);
+    with a title ("Mrs. Geller") the surname must match instead."""
+    said = re.findall(r"[^\W_]+", answer.casefold())
+    expected = re.findall(r"[^\W_]+", speaker.casefold())
+    if not said or not expected:
+        return False
+    if said == expected:
+        return True
+    if expected[0] in _TITLES:
+        rest = [t for t in expected if t not in _TITLES]
+        return bool(rest) and all(t in said for t in rest)
+    named = [t for t in said if t not in _TITLES]
+    return bool(named) and named[0] == expected[0]
+
+
+def validate_reply(text: str | None, config: PromptConfig, speaker: str | None) -> Validation:
+    if text is None or not text.strip():
+        return Validation(False, None, "the reply is empty", [])
+    objects, unclosed = json_objects(text)
+    if not objects:
+        error = (
+            "the JSON answer is incomplete (cut off before its closing brace)"
+            if unclosed
+            else "no JSON object found in the reply"
+        )
+        return Validation(False, None, error, [])
+
+    model = answer_model(config)
+    parsed, repaired, errors = None, False, []
+    for value, was_repaired in objects:
+        try:
+            parsed = model.model_validate(value)
+        except ValidationError as exc:
+            errors.append((_describe(exc), bool({"character", "elements"} & set(value))))
+            continue
+        repaired = was_repaired
+        break
+    if parsed is None:
+        # Report the object that looks like the answer, not a stray object from the reasoning.
+        error = next((e for e, looks_like_answer in errors if looks_like_answer), errors[0][0])
+        return Validation(False, None, f"the JSON answer does not match the required structure: {error}", [])
+
+    data = parsed.model_dump()
+    elements = data.pop("elements")
+    answer = {key: str(value).strip() for key, value in {**data, **elements}.items()}
+    flags = ["json_repaired"] if repaired else []
+
+    raw = answer["emotion"]
+    label = config.labels.normalize(raw)
+    allowed = ", ".join(prompt_labels(config.labels))
+    if label is None:
+        return Validation(False, answer, f"the emotion is empty; choose one of: {allowed}", flags)
+    answer["emotion"] = label
+    if not config.labels.is_known(label):
+        flags.append(f"off_label:{label}")
+        error = f"the emotion {raw!r} is not in the label list; answer with exactly one of: {allowed}"
+        return Validation(False, answer, error, flags)
+    if label != _clean(raw):
+        flags.append("label_synonym")
+
+    if speaker is not None and str(speaker).strip() and not same_character(answer["character"], str(speaker)):
+        flags.append("character_mismatch")
+    return Validation(True, answer, None, flags)
+
+
+_EMOTION_VALUE = re.compile(r'"emotion"\s*:\s*"')
+
+
+def label_confidence(
+    logprobs: list[dict[str, Any]] | dict[str, Any] | None, labels: LabelSet
+) -> dict[str, float] | None:
+    """Probability of each label at the first token of the emotion value, from the model's top_logprobs.
+
+    Alternatives are matched to labels (and their synonyms) by prefix; an alternative that could start several
+    labels ("S": sadness or surprise) or none is left out, and the rest is renormalised. None when the reply
+    carries no logprobs, no emotion value, or no alternative that names a label."""
+    if isinstance(logprobs, dict):  # the whole choices[0].logprobs object
+        logprobs = logprobs.get("content")
+    if not logprobs:
+        return None
+    tokens = [str(item.get("token") or "") for item in logprobs]
+    joined = "".join(tokens)
+    match = _EMOTION_VALUE.search(joined)
+    if match is None:
+        return None
+    value_start, position, item = match.end(), 0, None
+    for candidate, token in zip(logprobs, tokens, strict=True):
+        if position + len(token) > value_start:
+            item = candidate
+            break
+        position += len(token)
+    if item is None:
+        return None
+    # The token holding the value's first letters may also hold the opening quote; its alternatives share it.
+    prefix = joined[position:value_start]
+    names = {label: label for label in labels.labels} | dict(labels.synonyms)
+    mass = dict.fromkeys(labels.labels, 0.0)
+    for alternative in item.get("top_logprobs") or []:
+        piece = str(alternative.get("token") or "")
+        piece = piece[len(prefix) :] if piece.startswith(prefix) else piece.lstrip(' "')
+        piece = piece.strip().casefold()
+        if not piece:
+            continue
+        targets = {label for name, label in names.items() if name.startswith(piece)}
+        if len(targets) == 1:
+            mass[targets.pop()] += math.exp(float(alternative["logprob"]))
+    total = sum(mass.values())
+    if total == 0:
+        return None
+    return {label: value / total for label, value in mass.items()}
