@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -62,21 +63,35 @@ def substitute(text: str, values: dict[str, str]) -> str:
 def load_template(template: str) -> Template:
     """A built-in template by name, or a user template file (.yaml/.yml: system + user; other: user)."""
     if template in BUILTIN_TEMPLATES:
-        resource = resources.files("melt.prompts").joinpath("templates", f"{template}.yaml")
-        return _parse_yaml(resource.read_text(encoding="utf-8"), source=f"<built-in template {template}>")
+        return _load_builtin(template)
     path = Path(template)
     if not path.is_file():
         raise MeltError(
             f"template {template!r} is neither a built-in template ({', '.join(BUILTIN_TEMPLATES)}) "
             "nor an existing file"
         )
+    stat = path.stat()
+    return _load_file(template, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+# The engine asks for the template per request; parsing YAML each time would cost seconds on a full corpus.
+# The file's mtime and size are in the key so an edited template is read again.
+@lru_cache(maxsize=16)
+def _load_file(template: str, resolved: str, mtime_ns: int, size: int) -> Template:
+    path = Path(template)  # errors name the file as the user wrote it
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(resolved).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise MeltError("template is not UTF-8 text", file=path) from exc
     if path.suffix.lower() in (".yaml", ".yml"):
         return _parse_yaml(text, source=str(path))
     return _check(Template(system=None, user=text.strip("\n"), free_text=False, source=str(path)))
+
+
+@lru_cache(maxsize=len(BUILTIN_TEMPLATES))
+def _load_builtin(name: str) -> Template:
+    resource = resources.files("melt.prompts").joinpath("templates", f"{name}.yaml")
+    return _parse_yaml(resource.read_text(encoding="utf-8"), source=f"<built-in template {name}>")
 
 
 def _parse_yaml(text: str, *, source: str) -> Template:
