@@ -1,0 +1,193 @@
+"""Chat completions over HTTP from any OpenAI-compatible server: OpenAI, vLLM, llama.cpp's server, Ollama.
+
+The backend sends one request and classifies what went wrong; the engine decides what to do about it
+(retry, fall back to a weaker answer format, stop). The API key lives only in the client's default headers:
+no error message built here quotes a header, and server error texts are scrubbed of anything key-shaped,
+because OpenAI echoes a masked key in its 401 message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+
+from melt.llm.base import BackendError, ChatReply, ChatRequest, ResponseFormatRejected, RetryableError
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+#: statuses that a later attempt can fix (408 request timeout, 409 conflict, 425 too early, 5xx)
+_RETRYABLE_STATUSES = frozenset({408, 409, 425})
+_KEY_SHAPED = re.compile(r"\b(?:sk|key|api)[-_][A-Za-z0-9*_\-.]{6,}", re.IGNORECASE)
+
+
+class OpenAIBackend:
+    """`melt.llm.base.Backend` for `POST {base_url}/chat/completions`."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_connections: int = 64,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = api_key
+        self._api_key_env = api_key_env
+        self._timeout = timeout
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        # A server that refuses a parameter gets it dropped for the rest of the run, not on every request.
+        self._send_logprobs = True
+        self._max_tokens_field = "max_tokens"
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": list(request.messages)}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body[self._max_tokens_field] = request.max_tokens
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        if request.logprobs and self._send_logprobs:
+            body["logprobs"] = True
+            if request.top_logprobs:
+                body["top_logprobs"] = request.top_logprobs
+        return body
+
+    async def complete(self, request: ChatRequest) -> ChatReply:
+        # At most two parameter adjustments (logprobs, max_tokens) before the request is sent as it will stay.
+        for _ in range(3):
+            body = self.body(request)
+            response = await self._post(json.dumps(body, ensure_ascii=False).encode())
+            if response.status_code in (400, 422):
+                message = self._error_text(response)
+                lowered = message.lower()
+                if "logprobs" in lowered and "logprobs" in body:
+                    self._send_logprobs = False
+                    continue
+                if "max_completion_tokens" in lowered and self._max_tokens_field == "max_tokens":
+                    self._max_tokens_field = "max_completion_tokens"
+                    continue
+                if request.response_format is not None and any(
+                    word in lowered
+                    for word in ("response_format", "json_schema", "json_object", "response format")
+                ):
+                    raise ResponseFormatRejected(f"HTTP {response.status_code}: {message}")
+                raise BackendError(f"the server refused the request (HTTP {response.status_code}): {message}")
+            return self._reply(response)
+        raise BackendError("the server keeps refusing the request's parameters")
+
+    async def _post(self, content: bytes) -> httpx.Response:
+        try:
+            return await self._client.post("/chat/completions", content=content)
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"timeout: no reply within {self._timeout:g} s") from exc
+        except httpx.TransportError as exc:
+            # Dropped connections, resets, refused connects; the text names the failure, never the request.
+            raise RetryableError(f"connection: {type(exc).__name__}") from exc
+
+    def _reply(self, response: httpx.Response) -> ChatReply:
+        status = response.status_code
+        if status == 429:
+            message = self._error_text(response)
+            if "insufficient_quota" in response.text or "exceeded your current quota" in message:
+                raise BackendError(f"the account is out of quota (HTTP 429): {message}")
+            raise RetryableError(
+                f"HTTP 429: {message}", retry_after=_retry_after(response.headers), rate_limited=True
+            )
+        if status >= 500 or status in _RETRYABLE_STATUSES:
+            raise RetryableError(
+                f"HTTP {status}: {self._error_text(response)}", retry_after=_retry_after(response.headers)
+            )
+        if status in (401, 403):
+            raise BackendError(
+                f"the server refused the API key (HTTP {status}); check ${self._api_key_env}: "
+                f"{self._error_text(response)}"
+            )
+        if status == 404:
+            raise BackendError(
+                f"{self.base_url}/chat/completions or model {self.model!r} not found "
+                f"(HTTP 404; does --base-url end with /v1?): {self._error_text(response)}"
+            )
+        if status != 200:
+            raise BackendError(f"unexpected HTTP {status}: {self._error_text(response)}")
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            content = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            # A proxy or an overloaded server can cut a body short: worth another (capped) attempt.
+            raise RetryableError(f"malformed reply: not a chat completion ({response.text[:80]!r})") from exc
+        usage = data.get("usage") or {}
+        logprobs = (
+            (choice.get("logprobs") or {}).get("content")
+            if isinstance(choice.get("logprobs"), dict)
+            else None
+        )
+        return ChatReply(
+            content=content,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason=choice.get("finish_reason"),
+            logprobs=logprobs,
+            extra={"system_fingerprint": data.get("system_fingerprint")}
+            if data.get("system_fingerprint")
+            else {},
+        )
+
+    def _error_text(self, response: httpx.Response) -> str:
+        try:
+            error = response.json().get("error")
+            text = error.get("message") if isinstance(error, dict) else str(error or response.text)
+        except (ValueError, AttributeError):
+            text = response.text
+        return self.scrub(" ".join(str(text).split())[:300])
+
+    def scrub(self, text: str) -> str:
+        """`text` without the API key or anything that looks like one."""
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return _KEY_SHAPED.sub("***", text)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the server asks to wait: OpenAI's `retry-after-ms`, else `Retry-After` (seconds or date)."""
+    if "retry-after-ms" in headers:
+        try:
+            return max(float(headers["retry-after-ms"]) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,390 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI's chat-completions protocol, for tests and the benchmark.
+
+It answers like a well-behaved MELT annotator: it reads the utterance line `X at sNeM said: ...` from the
+prompt and replies with valid JSON for character X and the emotion `expected_emotion(text)`. Faults are
+scripted by markers in the utterance text, so a test corpus says which rows misbehave:
+
+    [[429]]              first request: 429 with Retry-After (server option `retry_after`)
+    [[500x2]]            first two requests: 500
+    [[slow]]             first request: replies after `slow_seconds` (longer than the client's timeout)
+    [[drop]]             first request: the connection is closed without a reply
+    [[badbody]]          first request: HTTP 200 whose body is not JSON
+    [[malformed]]        first answer is truncated JSON; the re-ask gets a valid answer
+    [[malformed-always]] every answer is truncated JSON
+    [[fenced]]           the answer is wrapped in prose and a ```json fence
+    [[offlabel]]         first answer's emotion is "frustration"; the re-ask gets a valid label
+    [[offlabel-always]]  every answer's emotion is "frustration"
+    [[synonym]]          the emotion is given as a synonym ("happy")
+    [[wrongchar]]        the character is "Gunther" whatever the speaker
+    [[mixed:a,b,c]]      the n-th answer for this utterance has emotion a, b, c, a, ... (for --samples)
+
+"First request(s)" count the requests the server has received for that utterance so far, repairs excluded.
+Server-wide options: a fixed latency per reply, rejecting some `response_format` types with 400, refusing
+`logprobs`, requiring an API key. Every request is logged (in memory, and as JSON lines in `log_path`).
+
+Run standalone (the benchmark and subprocess tests do): `python tests/openai_server.py --port-file F --log L`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import socket
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+SYNONYMS = {"anger": "angry", "disgust": "disgusted", "fear": "scared", "joy": "happy", "neutral": "neutrality",
+            "sadness": "sad", "surprise": "surprised"}  # fmt: skip
+_LINE = re.compile(
+    r"^(?P<speaker>.+?) at s(?P<season>\S*?)e(?P<episode>\S*?) said: (?P<text>.*)$", re.MULTILINE
+)
+_MARKER = re.compile(r"\[\[([a-z0-9\-]+)(?::([^\]]*))?\]\]")
+_FAULT_COUNTS = re.compile(r"^(?P<kind>[a-z0-9\-]+?)(?:x(?P<n>\d+))?$")
+
+
+def expected_emotion(text: str) -> str:
+    """The emotion this server gives an utterance (unless a marker says otherwise)."""
+    return LABELS[zlib.crc32(text.encode()) % len(LABELS)]
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """A fingerprint of a request body, to tell repeats of the same request apart from new ones."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class FakeOpenAIServer:
+    """`with FakeOpenAIServer() as server:` serves on `server.base_url` until the block ends."""
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        retry_after: str = "1",
+        slow_seconds: float = 2.0,
+        reject_formats: tuple[str, ...] = (),
+        offer_logprobs: bool = True,
+        reject_logprobs: bool = False,
+        api_key: str | None = None,
+        log_path: str | Path | None = None,
+        port: int = 0,
+    ):
+        self.latency = latency
+        self.retry_after = retry_after
+        self.slow_seconds = slow_seconds
+        self.reject_formats = set(reject_formats)
+        self.offer_logprobs = offer_logprobs
+        self.reject_logprobs = reject_logprobs
+        self.api_key = api_key
+        self.log: list[dict[str, Any]] = []
+        self._log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
+        self._lock = threading.Lock()
+        self._seen: dict[str, int] = {}
+        handler = type("Handler", (_Handler,), {"owner": self})
+        self._httpd = _Server(("127.0.0.1", port), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._log_file:
+            self._log_file.close()
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def entries(self, **where: Any) -> list[dict[str, Any]]:
+        """Log entries whose fields equal `where`."""
+        with self._lock:
+            return [e for e in self.log if all(e.get(k) == v for k, v in where.items())]
+
+    # -- deciding the reply ---------------------------------------------------------------------------------
+
+    def _count(self, text: str, repair: bool) -> int:
+        """1 for the first (non-repair) request about this utterance, 2 for the second, ..."""
+        with self._lock:
+            if not repair:
+                self._seen[text] = self._seen.get(text, 0) + 1
+            return self._seen.get(text, 0)
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            entry["n"] = len(self.log) + 1
+            self.log.append(entry)
+            if self._log_file:
+                self._log_file.write(json.dumps(entry) + "\n")
+                self._log_file.flush()
+
+    def handle(self, handler: _Handler) -> None:
+        received = time.time()
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        entry: dict[str, Any] = {"time": received, "path": handler.path}
+        if self.api_key is not None and handler.headers.get("Authorization") != f"Bearer {self.api_key}":
+            entry.update(status=401, fault="auth")
+            self._record(entry)
+            return handler.send_json(401, {"error": {"message": "Incorrect API key provided: sk-wr***ng."}})
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            entry.update(status=400, fault="bad request body")
+            self._record(entry)
+            return handler.send_json(400, {"error": {"message": "request body is not JSON"}})
+        messages = body.get("messages") or []
+        repair = any(m.get("role") == "assistant" for m in messages)
+        line = _target_line(messages)
+        text = line["text"] if line else ""
+        markers = {m.group(1): m.group(2) for m in _MARKER.finditer(text)}
+        count = self._count(text, repair)
+        format_type = (body.get("response_format") or {}).get("type")
+        entry.update(
+            key=request_key(body), text=text, speaker=line["speaker"] if line else None, repair=repair,
+            count=count, response_format=format_type, logprobs=bool(body.get("logprobs")),
+            seed=body.get("seed"), messages=len(messages),
+        )  # fmt: skip
+
+        if format_type in self.reject_formats:
+            entry.update(status=400, fault=f"reject {format_type}")
+            self._record(entry)
+            message = f"Invalid parameter: 'response_format' of type '{format_type}' is not supported with this model."
+            return handler.send_json(400, {"error": {"message": message, "param": "response_format"}})
+        if self.reject_logprobs and body.get("logprobs"):
+            entry.update(status=400, fault="reject logprobs")
+            self._record(entry)
+            return handler.send_json(
+                400, {"error": {"message": "logprobs are not supported", "param": "logprobs"}}
+            )
+
+        fault = None if repair else _transport_fault(markers, count)
+        if fault == "429":
+            entry.update(status=429, fault=fault)
+            self._record(entry)
+            return handler.send_json(
+                429, {"error": {"message": "Rate limit reached"}}, headers={"Retry-After": self.retry_after}
+            )
+        if fault == "500":
+            entry.update(status=500, fault=fault)
+            self._record(entry)
+            return handler.send_json(500, {"error": {"message": "The server had an error"}})
+        if fault == "drop":
+            entry.update(status=None, fault=fault)
+            self._record(entry)
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if fault == "slow":
+            time.sleep(self.slow_seconds)
+        elif self.latency:
+            time.sleep(self.latency)
+
+        if fault == "badbody":
+            entry.update(status=200, fault=fault)
+            self._record(entry)
+            return handler.send_raw(200, b'{"choices": [{"message": {"content": "{\\"character')
+        content, emotion = self._answer(body, line, markers, count, repair)
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        reply: dict[str, Any] = {
+            "id": f"chatcmpl-{entry['key'][:12]}",
+            "object": "chat.completion",
+            "created": int(received),
+            "model": body.get("model"),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_chars // 4 + 1,
+                "completion_tokens": len(content) // 4 + 1,
+                "total_tokens": prompt_chars // 4 + len(content) // 4 + 2,
+            },
+        }
+        if body.get("logprobs") and self.offer_logprobs:
+            reply["choices"][0]["logprobs"] = {"content": _logprobs(content, emotion)}
+        entry.update(status=200, fault=fault, emotion=emotion)
+        try:
+            handler.send_json(200, reply)
+        except OSError:  # the client gave up (timeout) before the reply came
+            entry.update(status=None, fault=f"{fault}: client gone")
+        self._record(entry)
+        return None
+
+    def _answer(
+        self, body: dict[str, Any], line: dict[str, str] | None, markers: dict, count: int, repair: bool
+    ) -> tuple[str, str]:
+        speaker = line["speaker"] if line else "Unknown"
+        text = line["text"] if line else ""
+        emotion = expected_emotion(text)
+        if "mixed" in markers:
+            choices = [c.strip() for c in markers["mixed"].split(",")]
+            emotion = choices[(count - 1) % len(choices)]
+        said = emotion
+        if "synonym" in markers:
+            said = SYNONYMS[emotion]
+        if "offlabel-always" in markers or ("offlabel" in markers and not repair):
+            said = emotion = "frustration"
+        character = "Gunther" if "wrongchar" in markers else speaker
+        elements = {
+            "emotion": said,
+            "loudness": "moderate",
+            "pitch": "medium",
+            "rhythm_speed": "steady",
+            "emotional_impact": f"{said} and clear",
+        }
+        answer: dict[str, Any] = {"character": character, "context": f"{speaker} talks to a friend"}
+        if _wants_nested(body):
+            answer["elements"] = elements
+        else:
+            answer.update(elements)
+        content = json.dumps(answer)
+        if "malformed-always" in markers or ("malformed" in markers and not repair):
+            content = content[: len(content) // 2]
+        if "fenced" in markers:
+            content = f"Here is the description you asked for:\n```json\n{json.dumps(answer, indent=2)}\n```\nHope it helps!"
+        return content, emotion
+
+
+def _target_line(messages: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The utterance to describe: the last `X at sNeM said:` line of the first user message that has one
+    (earlier lines of the same message are dialogue context; the system message only shows the format)."""
+    for message in messages:
+        if message.get("role") != "user":
+            continue
+        matches = list(_LINE.finditer(str(message.get("content", ""))))
+        if matches:
+            line = {k: v.strip() for k, v in matches[-1].groupdict().items()}
+            # Utterances are shown as JSON string literals; tests compare the decoded text.
+            if line["text"].startswith('"'):
+                try:
+                    line["text"] = json.loads(line["text"])
+                except ValueError:
+                    pass
+            return line
+    return None
+
+
+def _transport_fault(markers: dict[str, str | None], count: int) -> str | None:
+    for marker in markers:
+        match = _FAULT_COUNTS.match(marker)
+        if not match or match["kind"] not in ("429", "500", "slow", "drop", "badbody"):
+            continue
+        if count <= int(match["n"] or 1):
+            return match["kind"]
+    return None
+
+
+def _wants_nested(body: dict[str, Any]) -> bool:
+    """The paper's answer nests the voice under "elements"; answer in whatever shape the request asks for."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        return "elements" in (schema.get("properties") or {})
+    return any('"elements"' in str(m.get("content", "")) for m in body.get("messages", []))
+
+
+def _logprobs(content: str, emotion: str) -> list[dict[str, Any]]:
+    """OpenAI-style token logprobs: confident everywhere, with label alternatives where the emotion is said."""
+    tokens = re.findall(r"\w+|[^\w\s]+|\s+", content)
+    alternatives = [emotion] + [label for label in LABELS if label != emotion][:4]
+    # 80 % on the chosen label, the rest shared by the alternatives.
+    weights = [0.8] + [0.2 / 4] * 4
+    out = []
+    emotion_done = False
+    for token in tokens:
+        item: dict[str, Any] = {"token": token, "logprob": -0.01, "bytes": list(token.encode())}
+        if not emotion_done and token == emotion:
+            emotion_done = True
+            item["logprob"] = math.log(weights[0])
+            item["top_logprobs"] = [
+                {"token": alt, "logprob": math.log(w), "bytes": list(alt.encode())}
+                for alt, w in zip(alternatives, weights, strict=True)
+            ]
+        else:
+            item["top_logprobs"] = [{"token": token, "logprob": -0.01, "bytes": list(token.encode())}]
+        out.append(item)
+    return out
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 refuses connections when a client opens 64 at once.
+    request_queue_size = 256
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeOpenAIServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+
+    def do_POST(self) -> None:
+        self.owner.handle(self)
+
+    def send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self.send_raw(status, json.dumps(payload).encode(), headers)
+
+    def send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the request log is the record
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", type=Path, help="write the port here once listening")
+    parser.add_argument("--log", type=Path, help="append one JSON line per request")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--retry-after", default="1")
+    parser.add_argument("--reject-format", action="append", default=[])
+    parser.add_argument("--api-key")
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(
+        latency=args.latency,
+        retry_after=args.retry_after,
+        reject_formats=tuple(args.reject_format),
+        api_key=args.api_key,
+        log_path=args.log,
+        port=args.port,
+    )
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(server.port))
+        tmp.replace(args.port_file)
+    print(f"listening on {server.base_url}", file=sys.stderr, flush=True)
+    try:
+        server._httpd.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
