@@ -1,8 +1,157 @@
-"""`melt annotate`."""
+"""`melt annotate`: the CLI over `melt.annotate.run_annotation` and `estimate_run`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def annotate_command() -> None:
-    """Annotate a corpus table with an LLM (not yet implemented)."""
-    raise NotImplementedError
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_INCOMPLETE = 3
+
+
+def annotate_command(
+    corpus: Path = typer.Argument(..., help="Corpus table (.parquet or .csv) with one utterance per row."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: request store, annotations, run.json."),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="YAML file of settings; flags override it."
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OpenAI)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Model name (default gpt-4o-2024-08-06)."),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY)."
+    ),
+    prompt: str | None = typer.Option(None, "--prompt", help="melt, dialogue, cot, or a template file."),
+    schema: str | None = typer.Option(None, "--schema", help="Answer schema: paper or structured."),
+    context_turns: int | None = typer.Option(None, "--context-turns", help="Preceding lines for 'dialogue'."),
+    samples: int | None = typer.Option(None, "--samples", help="Answers per utterance (default 1)."),
+    temperature: float | None = typer.Option(
+        None, "--temperature", help="Sampling temperature (default 1.0)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed sent to the server (sample i gets seed + i)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Reply length cap (default 800)."),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-j", help="Requests in flight (default 8)."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds to wait for one reply (default 60)."
+    ),
+    max_retries: int | None = typer.Option(None, "--max-retries", help="Retries per request (default 6)."),
+    max_cost: float | None = typer.Option(
+        None, "--max-cost", help="Stop before this invocation spends more USD."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Annotate only the first N utterances."),
+    no_logprobs: bool = typer.Option(False, "--no-logprobs", help="Do not ask for log probabilities."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Estimate tokens and cost; send nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Annotate every utterance with an LLM: the MELT description, validated, resumable, at a known cost.
+
+    Rerunning the same command resumes: replies already in OUT are never requested again. Exit status 3 when
+    utterances are left pending (budget reached) or failed (server errors beyond the retries): rerun to finish.
+    """
+    from melt.annotate.config import AnnotateConfig
+    from melt.annotate.run import estimate_run, run_annotation
+
+    config = AnnotateConfig.load(
+        config_file,
+        base_url=base_url,
+        model=model,
+        api_key_env=api_key_env,
+        prompt=prompt,
+        schema_kind=schema,
+        context_turns=context_turns,
+        samples=samples,
+        temperature=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        timeout=timeout,
+        max_retries=max_retries,
+        max_cost=max_cost,
+        limit=limit,
+        logprobs=False if no_logprobs else None,
+    )
+    console = Console(highlight=False)
+    if dry_run:
+        estimate = estimate_run(corpus, config, out)
+        console.print(estimate_table(estimate))
+        return
+    result = run_annotation(corpus, config, out, progress=not quiet)
+    console.print(summary_table(result))
+    counts = result.annotations["status"].value_counts()
+    if result.stats.stopped_by_budget:
+        console.print(
+            f"stopped by --max-cost ${config.max_cost:g}: {counts.get('pending', 0)} utterance(s) pending; "
+            "rerun to continue"
+        )
+    if counts.get("failed", 0):
+        console.print(
+            f"{counts['failed']} utterance(s) failed after retries (see 'error'); rerun to retry them"
+        )
+    console.print(f"wrote {out / 'annotations.parquet'}, {out / 'annotations.csv'} and {out / 'run.json'}")
+    if not result.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _money(value: float | None) -> str:
+    return "unknown (no price for this model)" if value is None else f"${value:.4f}"
+
+
+def estimate_table(estimate) -> Table:
+    table = Table(title=f"dry run: {estimate.model} (nothing sent)", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    table.add_row("utterances", str(estimate.utterances))
+    table.add_row("requests (without re-asks)", str(estimate.requests))
+    table.add_row("already in the store", str(estimate.cached))
+    table.add_row("prompt tokens (estimate)", f"{estimate.prompt_tokens:,}")
+    table.add_row("completion tokens (estimate)", f"{estimate.completion_tokens:,}")
+    table.add_row("cost (estimate)", _money(estimate.cost_usd))
+    table.add_row("cost if every reply hits max_tokens", _money(estimate.cost_usd_max))
+    return table
+
+
+def summary_table(result) -> Table:
+    stats = result.stats
+    counts = result.annotations["status"].value_counts()
+    table = Table(title=f"melt annotate: {result.backend} {result.model}", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    table.add_row("utterances", str(len(result.annotations)))
+    for status in ("ok", "invalid", "failed", "pending"):
+        if counts.get(status, 0):
+            table.add_row(f"  {status}", str(counts[status]))
+    flags = result.annotations["flags"].dropna()
+    flagged = sorted({f.split(":")[0] for value in flags for f in str(value).split(";") if f})
+    for flag in flagged:
+        n = int(
+            flags.map(
+                lambda value, flag=flag: flag in str(value).split(";") or f"{flag}:" in str(value)
+            ).sum()
+        )
+        table.add_row(f"  flagged {flag}", str(n))
+    table.add_row("requests (answers + re-asks)", str(stats.requests))
+    table.add_row("  from the store (not sent)", str(stats.cached))
+    table.add_row("  completed by the server", str(stats.completed))
+    table.add_row("  re-asks after an invalid answer", str(stats.repairs))
+    table.add_row("  given up after retries", str(stats.failed))
+    table.add_row("HTTP attempts", str(stats.sent))
+    retries = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.retries.items())) or "none"
+    table.add_row("retries", f"{sum(stats.retries.values())} ({retries})")
+    if stats.format_fallbacks:
+        table.add_row("answer format fallbacks", "; ".join(stats.format_fallbacks))
+    table.add_row("answer format", result.response_format)
+    table.add_row(
+        "tokens this run (prompt / completion)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}"
+    )
+    table.add_row("cost this run", _money(stats.cost_usd))
+    table.add_row("cost of the whole run folder", _money(result.totals["cost_usd"]))
+    table.add_row("elapsed", f"{stats.elapsed_s:.1f} s")
+    return table
+
+
+__all__ = ["annotate_command", "estimate_table", "summary_table"]

@@ -1,0 +1,92 @@
+"""The settings of an annotation run, loadable from YAML; the CLI's flags override the file's values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from melt.corpus.labels import MELT_LABEL_SET, LabelSet
+from melt.errors import MeltError
+from melt.llm.pricing import Price
+
+#: The answer formats to try, strongest first; a server that rejects one gets the next for the rest of the run.
+RESPONSE_FORMATS: tuple[str, ...] = ("json_schema", "json_object", "text")
+
+
+class AnnotateConfig(BaseModel):
+    """Everything that decides what is asked, of whom, and how hard to try. Holds no secret: the API key is
+    read from the environment variable `api_key_env` when the backend is made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Who answers.
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    model: str = "gpt-4o-2024-08-06"
+    api_key_env: str = "OPENAI_API_KEY"
+
+    # What is asked.
+    prompt: str = Field("melt", description="melt, dialogue, cot, or a template file")
+    schema_kind: Literal["paper", "structured"] = "paper"
+    context_turns: int = Field(5, ge=0)
+    labels: LabelSet = Field(default_factory=lambda: MELT_LABEL_SET.model_copy())
+    samples: int = Field(1, ge=1, description="answers per utterance")
+    temperature: float | None = Field(1.0, ge=0, le=2, description="the paper's setting is 1.0")
+    seed: int | None = Field(None, description="sample i is sent with seed + i")
+    max_tokens: int = Field(800, ge=1)
+    logprobs: bool = Field(True, description="ask for log probabilities (ignored by servers without them)")
+    top_logprobs: int = Field(5, ge=0, le=20)
+    response_format: Literal["auto", "json_schema", "json_object", "text"] = Field(
+        "auto", description="auto: json_schema, falling back to json_object then text when the server refuses"
+    )
+    repair: bool = Field(True, description="re-ask once with the validation error when an answer is invalid")
+
+    # How hard to try.
+    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight")
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for one reply")
+    max_retries: int = Field(6, ge=0, description="retries of one request after rate limits, 5xx, timeouts")
+    backoff_base: float = Field(1.0, ge=0, description="first backoff in seconds, doubled on each retry")
+    backoff_max: float = Field(60.0, ge=0)
+
+    # What it may cost.
+    max_cost: float | None = Field(None, ge=0, description="USD this invocation may spend")
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="model -> price, added to the built-in table"
+    )
+    limit: int | None = Field(None, ge=1, description="annotate only the first N utterances")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> AnnotateConfig:
+        """The YAML file's settings (or the defaults), with `overrides` that are not None on top."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise MeltError("config file not found", file=path)
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise MeltError(f"not valid YAML ({exc})", file=path) from exc
+            if not isinstance(data, dict):
+                raise MeltError("expected a mapping of settings", file=path)
+            labels = data.get("labels")
+            if isinstance(labels, list):  # a bare list of labels is the common case
+                data["labels"] = LabelSet.from_labels(labels).model_dump()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+            )
+            raise MeltError(f"invalid annotation settings: {problems}", file=path) from exc
+
+    def public(self) -> dict[str, Any]:
+        """The settings as recorded in run.json: credentials in a base URL's user part are masked."""
+        data = self.model_dump(mode="json")
+        if self.base_url and "@" in self.base_url.split("//", 1)[-1].split("/", 1)[0]:
+            scheme, rest = self.base_url.split("//", 1) if "//" in self.base_url else ("", self.base_url)
+            data["base_url"] = f"{scheme}//***@{rest.split('@', 1)[1]}"
+        return data

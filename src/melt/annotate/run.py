@@ -1,0 +1,347 @@
+"""`run_annotation`: a corpus table in, `annotations.parquet`/`.csv` and `run.json` out; `estimate_run` for
+--dry-run. The Python API behind `melt annotate`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from melt import __version__
+from melt.annotate.config import RESPONSE_FORMATS, AnnotateConfig
+from melt.annotate.engine import (
+    ANSWER_FIELDS,
+    CHARS_PER_TOKEN,
+    Annotator,
+    RunStats,
+    Utterance,
+    aggregate,
+    chat_request,
+    stored_key,
+)
+from melt.annotate.store import STORE_NAME, RequestStore
+from melt.corpus.schema import atomic_write, conform, read_any, require_columns, write_table
+from melt.errors import MeltError
+from melt.llm import make_backend
+from melt.llm.base import Backend
+from melt.llm.pricing import Price, price_of
+from melt.prompts import PromptConfig, build_messages, response_format
+
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "id",
+    "status",
+    *ANSWER_FIELDS,
+    "flags",
+    "confidence",
+    "distribution",
+    "samples",
+    "agreement",
+    "error",
+    "raw_reply",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
+_DTYPES = {
+    "samples": "Int64",
+    "prompt_tokens": "Int64",
+    "completion_tokens": "Int64",
+    "confidence": "Float64",
+    "agreement": "Float64",
+    "cost_usd": "Float64",
+}
+#: Completion tokens assumed per answer for an estimate when the store has no real replies yet: the paper's
+#: JSON answer runs to about 100 tokens; free-text (chain-of-thought) replies run longer.
+TYPICAL_COMPLETION_TOKENS = {False: 120, True: 450}
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    annotations: pd.DataFrame
+    stats: RunStats
+    #: every finished request in the store, over all invocations: requests, tokens, cost
+    totals: dict[str, Any]
+    response_format: str
+    backend: str
+    model: str
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.annotations["status"].isin(["ok", "invalid"]).all())
+
+
+@dataclass
+class CostEstimate:
+    utterances: int
+    requests: int
+    cached: int
+    prompt_tokens: int
+    completion_tokens: int
+    completion_tokens_max: int
+    cost_usd: float | None
+    cost_usd_max: float | None
+    model: str
+
+
+def prompt_config(config: AnnotateConfig) -> PromptConfig:
+    return PromptConfig(
+        template=config.prompt,
+        schema_kind=config.schema_kind,
+        labels=config.labels,
+        context_turns=config.context_turns,
+    )
+
+
+def load_corpus(path: str | Path, prompt: PromptConfig) -> pd.DataFrame:
+    """The corpus table, checked for the columns the prompt reads before any default column is added."""
+    raw = read_any(path)
+    require_columns(
+        raw, ["id", *prompt.required_columns()], source=path, purpose=f"prompt template {prompt.template!r}"
+    )
+    return conform(raw, source=path)
+
+
+def prepare(
+    table: pd.DataFrame, config: AnnotateConfig, prompt: PromptConfig, *, source: str | Path
+) -> list[Utterance]:
+    """Every utterance to annotate with its messages; all input errors surface here, before any request."""
+    require_columns(
+        table,
+        ["id", *prompt.required_columns()],
+        source=source,
+        purpose=f"prompt template {prompt.template!r}",
+    )
+    selected = table.head(config.limit) if config.limit else table
+    # The whole table is the context source, so --limit does not cut the dialogue lines before an utterance.
+    messages = build_messages(selected, prompt, source=source, context_table=table)
+    speakers = (
+        selected["speaker"] if "speaker" in selected.columns else pd.Series(pd.NA, index=selected.index)
+    )
+    return [
+        Utterance(
+            id=str(uid), speaker=None if pd.isna(speaker) else str(speaker), messages=messages[str(uid)]
+        )
+        for uid, speaker in zip(selected["id"], speakers, strict=True)
+    ]
+
+
+def _price(config: AnnotateConfig, model: str) -> Price | None:
+    price = price_of(model, config.prices)
+    if config.max_cost is not None and price is None:
+        raise MeltError(
+            f"--max-cost needs the price of model {model!r}, which is not in the price table; "
+            f"add it to the config file as prices: {{{model}: {{input: USD_PER_M, output: USD_PER_M}}}}"
+        )
+    return price
+
+
+def run_annotation(
+    table: pd.DataFrame | str | Path,
+    config: AnnotateConfig,
+    out_dir: str | Path,
+    *,
+    backend: Backend | None = None,
+    corpus_path: str | Path | None = None,
+    progress: bool = False,
+) -> RunResult:
+    """Annotate `table` (a DataFrame or the path of a corpus table) into `out_dir`, resuming whatever an earlier
+    run in `out_dir` finished. `backend` defaults to `melt.llm.make_backend(config)`; a backend passed in is
+    closed at the end all the same."""
+    prompt = prompt_config(config)
+    if not isinstance(table, pd.DataFrame):
+        corpus_path = Path(table)
+        table = load_corpus(corpus_path, prompt)
+    source = corpus_path or "<table>"
+    utterances = prepare(table, config, prompt, source=source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if backend is None:
+        backend = make_backend(config)
+    return asyncio.run(_run(utterances, config, prompt, backend, out_dir, corpus_path, progress))
+
+
+async def _run(
+    utterances: list[Utterance],
+    config: AnnotateConfig,
+    prompt: PromptConfig,
+    backend: Backend,
+    out_dir: Path,
+    corpus_path: str | Path | None,
+    progress: bool,
+) -> RunResult:
+    store = RequestStore(out_dir / STORE_NAME)
+    started = datetime.now(UTC)
+    try:
+        price = _price(config, backend.model)
+        annotator = Annotator(config, prompt, backend, store, price)
+        if progress:
+            outcomes = await _with_progress(annotator, utterances, config)
+        else:
+            outcomes = await annotator.run(utterances)
+        rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
+        annotations = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(_DTYPES)
+        for column in OUTPUT_COLUMNS:
+            if column not in _DTYPES:
+                annotations[column] = annotations[column].astype("string")
+        result = RunResult(
+            out_dir=out_dir,
+            annotations=annotations,
+            stats=annotator.stats,
+            totals=store.totals(),
+            response_format=annotator.format_level,
+            backend=backend.name,
+            model=backend.model,
+        )
+        write_table(annotations, out_dir / "annotations.parquet")
+        write_table(annotations, out_dir / "annotations.csv")
+        _write_run_json(result, config, prompt, corpus_path, started)
+        return result
+    finally:
+        store.close()
+        await backend.aclose()
+
+
+async def _with_progress(annotator: Annotator, utterances: list[Utterance], config: AnnotateConfig):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]annotating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("annotate", total=len(utterances) * config.samples, status="")
+
+        def done(stats: RunStats) -> None:
+            cost = f"${stats.cost_usd:.4f}" if stats.cost_usd is not None else "cost unknown"
+            retries = sum(stats.retries.values())
+            bar.update(task, advance=1, status=f"{cost}  cached {stats.cached}  retries {retries}")
+
+        annotator.on_job_done = done
+        return await annotator.run(utterances)
+
+
+def _write_run_json(
+    result: RunResult,
+    config: AnnotateConfig,
+    prompt: PromptConfig,
+    corpus_path: str | Path | None,
+    started: datetime,
+) -> None:
+    statuses = Counter(result.annotations["status"].astype(str))
+    payload = {
+        "melt_version": __version__,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "corpus": str(Path(corpus_path).resolve()) if corpus_path is not None else None,
+        "backend": result.backend,
+        "model": result.model,
+        "prompt": {
+            "template": prompt.template,
+            "schema_kind": prompt.schema_kind,
+            "template_hash": prompt.template_hash(),
+        },
+        "response_format": result.response_format,
+        "config": config.public(),
+        "utterances": len(result.annotations),
+        "status": dict(sorted(statuses.items())),
+        "complete": result.complete,
+        "this_invocation": result.stats.to_json(),
+        "totals": result.totals,
+    }
+    text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(result.out_dir / "run.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def estimate_run(
+    table: pd.DataFrame | str | Path,
+    config: AnnotateConfig,
+    out_dir: str | Path | None = None,
+    *,
+    model: str | None = None,
+    corpus_path: str | Path | None = None,
+) -> CostEstimate:
+    """Tokens and cost of a run, sending nothing. Requests already in `out_dir`'s store are not counted. Prompt
+    tokens are estimated from characters; completion tokens from the store's replies if it has any, else a
+    typical answer length (`completion_tokens_max` assumes every reply uses max_tokens). Re-asks are not
+    included: they depend on the replies."""
+    prompt = prompt_config(config)
+    if not isinstance(table, pd.DataFrame):
+        corpus_path = Path(table)
+        table = load_corpus(corpus_path, prompt)
+    utterances = prepare(table, config, prompt, source=corpus_path or "<table>")
+    model = model or config.model
+    store_path = Path(out_dir) / STORE_NAME if out_dir is not None else None
+    store = RequestStore(store_path) if store_path is not None and store_path.exists() else None
+    try:
+        typical = store.mean_completion_tokens() if store else None
+        if typical is None:
+            typical = TYPICAL_COMPLETION_TOKENS[prompt.free_text_reply]
+        # A request counts as done if the store has it at any answer format: the run may have fallen back.
+        schema_format = response_format(prompt)
+        requests = cached = prompt_tokens = 0
+        for utterance in utterances:
+            chars = sum(len(m["content"]) for m in utterance.messages)
+            for sample in range(config.samples):
+                requests += 1
+                if store is not None and any(
+                    store.get(
+                        stored_key(
+                            model,
+                            chat_request(config, schema_format, utterance.messages, sample, level),
+                            sample,
+                        )[0]
+                    )
+                    for level in RESPONSE_FORMATS
+                ):
+                    cached += 1
+                    continue
+                prompt_tokens += math.ceil(chars / CHARS_PER_TOKEN) + 4 * len(utterance.messages)
+    finally:
+        if store is not None:
+            store.close()
+    to_send = requests - cached
+    completion = round(typical * to_send)
+    completion_max = config.max_tokens * to_send
+    price = price_of(model, config.prices)
+    return CostEstimate(
+        utterances=len(utterances),
+        requests=requests,
+        cached=cached,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        completion_tokens_max=completion_max,
+        cost_usd=price.cost(prompt_tokens, completion) if price else None,
+        cost_usd_max=price.cost(prompt_tokens, completion_max) if price else None,
+        model=model,
+    )
+
+
+__all__ = [
+    "OUTPUT_COLUMNS",
+    "RESPONSE_FORMATS",
+    "CostEstimate",
+    "RunResult",
+    "estimate_run",
+    "load_corpus",
+    "run_annotation",
+]
