@@ -1,4 +1,6 @@
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +196,34 @@ def test_extract_audio_names_a_missing_clips_folder(meld_raw, tmp_path):
     _raw, corpus = meld_raw
     with pytest.raises(MeltError, match="clips folder not found"):
         extract_audio(corpus, tmp_path / "nowhere", tmp_path / "wav", progress=False)
+
+
+def test_cli_audio_extract(meld_raw, tmp_path):
+    raw, corpus = meld_raw
+    table_out = tmp_path / "out" / "corpus_audio.csv"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "melt",
+            "audio",
+            "extract",
+            str(corpus),
+            "--clips",
+            str(raw),
+            "--out",
+            str(tmp_path / "out" / "wav"),
+            "--table-out",
+            str(table_out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 of 5 utterances have audio" in done.stdout and "3 skipped" in done.stdout
+    table = read_table(table_out).set_index("id")
+    # paths are relative to the written table's folder
+    assert table.at["test/dia0_utt0", "audio"] == "wav/test/dia0_utt0.wav"
+    assert pd.read_csv(corpus)["duration_source"].eq("timestamps").all()  # the input was left alone

@@ -139,7 +139,8 @@ def check_descriptions(
     ids = annotations["id"].astype(str)
     row_split = [features_split.get(i) or _split_of_id(i) for i in ids]
     if "status" in annotations.columns:
-        ok = annotations["status"].astype("string").str.strip().str.lower().eq("ok").fillna(False).to_numpy()
+        status = annotations["status"].astype("string").str.strip().str.lower()
+        ok = status.eq("ok").to_numpy(dtype=bool, na_value=False)
     else:
         ok = np.ones(len(annotations), dtype=bool)
 
