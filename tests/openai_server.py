@@ -337,6 +337,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeOpenAIServer
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    # Headers and body go out in separate writes; with Nagle's algorithm the body waits for the client's
+    # delayed ACK (40 ms on Linux), which would be measured as the client's slowness.
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
         self.owner.handle(self)

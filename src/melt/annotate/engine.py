@@ -110,7 +110,9 @@ def chat_request(
 
 
 def stored_key(model: str, request: ChatRequest, sample: int) -> tuple[str, str]:
-    return request_key(model, dataclasses.asdict(request), sample)
+    # A shallow dict: dataclasses.asdict would deep-copy the messages and the JSON schema of every request.
+    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+    return request_key(model, fields, sample)
 
 
 class _OutOfBudget(Exception):

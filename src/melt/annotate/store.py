@@ -1,13 +1,16 @@
 """The run's memory: every finished request and its reply, in SQLite, keyed by what determines the reply.
 
-A request is written once its reply is in (or once it has definitely failed), and committed at once; WAL
-mode with `synchronous=NORMAL` makes that commit cheap and still durable against the process being killed
-(only an OS crash or power loss can lose the last commits). So a rerun finds every reply it already paid
-for, and a `kill -9` loses only the requests that were in flight.
+A request is written once its reply is in (or once it has definitely failed). Inside an event loop, writes
+are committed together at most `COMMIT_DELAY` seconds later (one commit per write would cost more CPU than
+the request at high concurrency); outside one, at once. WAL mode with `synchronous=NORMAL` keeps a commit
+durable against the process being killed (only an OS crash or power loss can lose the last commits). So a
+rerun finds every reply it already paid for, and a `kill -9` loses only the requests in flight and the
+replies of the last few milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -19,6 +22,7 @@ from typing import Any
 from melt.errors import MeltError
 
 STORE_NAME = "requests.sqlite"
+COMMIT_DELAY = 0.005
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -71,6 +75,7 @@ class RequestStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise MeltError(f"not a usable request store ({exc})", file=self.path) from exc
+        self._commit_timer: asyncio.TimerHandle | None = None
 
     def get(self, key: str) -> StoredReply | None:
         """The finished reply of `key`, or None when it was never answered (failed requests are resent)."""
@@ -108,7 +113,8 @@ class RequestStore:
         started: float,
     ) -> None:
         reply = json.dumps(
-            {"content": content, "finish_reason": finish_reason, "logprobs": logprobs}, ensure_ascii=False
+            {"content": content, "finish_reason": finish_reason, "logprobs": compact_logprobs(logprobs)},
+            ensure_ascii=False,
         )
         self._put(key, utterance_id, sample, turn, request_json, reply, "done", None,
                   prompt_tokens, completion_tokens, cost_usd, attempts, started)  # fmt: skip
@@ -134,13 +140,26 @@ class RequestStore:
         )
 
     def _put(self, *values: Any) -> None:
-        # One statement in autocommit mode is one committed transaction: durable as soon as this returns.
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
         self._db.execute(
             "INSERT OR REPLACE INTO requests (key, utterance_id, sample, turn, request, reply, status, error, "
             "prompt_tokens, completion_tokens, cost_usd, attempts, started, finished) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, time.time()),
         )
+        if self._commit_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.commit()
+                return
+            self._commit_timer = loop.call_later(COMMIT_DELAY, self.commit)
+
+    def commit(self) -> None:
+        self._commit_timer = None
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
 
     def meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -148,6 +167,7 @@ class RequestStore:
 
     def set_meta(self, name: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+        self.commit()
 
     def totals(self) -> dict[str, Any]:
         """Requests, tokens and cost of every finished request in the store, over all invocations."""
@@ -167,4 +187,25 @@ class RequestStore:
         return row[0]
 
     def close(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+        self.commit()
         self._db.close()
+
+
+def compact_logprobs(logprobs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """OpenAI's token logprobs without their `bytes` arrays, which repeat each token as UTF-8 byte values and
+    would make up most of the stored reply."""
+    if not logprobs:
+        return logprobs
+    return [
+        {
+            "token": item.get("token"),
+            "logprob": item.get("logprob"),
+            "top_logprobs": [
+                {"token": alt.get("token"), "logprob": alt.get("logprob")}
+                for alt in item.get("top_logprobs") or ()
+            ],
+        }
+        for item in logprobs
+    ]
