@@ -6,7 +6,7 @@ Rules (documented in docs/acoustics.md, tested in tests/acoustics/test_lexicon.p
 2. Comparisons with a norm are reduced to their first term: "louder than normal" counts as "louder", not also as
    "normal". "above average" / "below average" count as high / low.
 3. Each lexicon term found asserts its class, unless a negation ("not", "no", "never", "without", "n't",
-   "neither", "nor", "rather than", "instead of") precedes it within three words in the same clause.
+   "neither", "nor", "rather than", "instead of") precedes it within four words in the same clause.
 4. A negated term excludes its class; a hedged negation of an extreme ("not too loud", "not overly slow") asserts
    `mid` instead.
 5. If the asserted classes, minus the excluded ones, are exactly one class, that is the answer. If nothing is
