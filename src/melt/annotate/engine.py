@@ -24,6 +24,7 @@ from melt.annotate.config import RESPONSE_FORMATS, AnnotateConfig
 from melt.annotate.store import RequestStore, StoredReply, request_key
 from melt.annotate.validate import Validation, label_confidence, validate_reply
 from melt.llm.base import Backend, BackendError, ChatRequest, ResponseFormatRejected, RetryableError
+from melt.llm.openai import RAW_RESPONSE
 from melt.llm.pricing import Price
 from melt.prompts import PromptConfig, repair_messages, response_format
 
@@ -293,6 +294,7 @@ class Annotator:
         cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
         self.store.put_done(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
                             content=reply.content, finish_reason=reply.finish_reason, logprobs=reply.logprobs,
+                            raw_response=reply.extra.get(RAW_RESPONSE),
                             prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                             cost_usd=cost, attempts=attempts, started=started)  # fmt: skip
         self.stats.completed += 1

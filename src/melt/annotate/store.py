@@ -86,6 +86,13 @@ class RequestStore:
         if row is None:
             return None
         reply = json.loads(row[0])
+        if "choices" in reply:  # a chat completion as the server sent it
+            choice = reply["choices"][0]
+            reply = {
+                "content": choice["message"].get("content") or "",
+                "finish_reason": choice.get("finish_reason"),
+                "logprobs": (choice.get("logprobs") or {}).get("content"),
+            }
         return StoredReply(
             content=reply["content"],
             prompt_tokens=row[1],
@@ -106,13 +113,16 @@ class RequestStore:
         content: str,
         finish_reason: str | None,
         logprobs: list[dict[str, Any]] | None,
+        raw_response: str | None,
         prompt_tokens: int,
         completion_tokens: int,
         cost_usd: float | None,
         attempts: int,
         started: float,
     ) -> None:
-        reply = json.dumps(
+        """Record a reply: the server's response body as received when the backend passes it on (encoding the
+        reply again would cost more CPU than the rest of the request's bookkeeping), else its parts."""
+        reply = raw_response or json.dumps(
             {"content": content, "finish_reason": finish_reason, "logprobs": compact_logprobs(logprobs)},
             ensure_ascii=False,
         )

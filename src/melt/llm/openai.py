@@ -32,6 +32,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 #: statuses that a later attempt can fix (408 request timeout, 409 conflict, 425 too early, 5xx)
 _RETRYABLE_STATUSES = frozenset({408, 409, 425})
+#: key of `ChatReply.extra` holding the server's response body (JSON text)
+RAW_RESPONSE = "raw_response"
 #: connections per httpx pool (see __init__)
 CONNECTIONS_PER_POOL = 8
 _KEY_SHAPED = re.compile(r"\b(?:sk|key|api)[-_][A-Za-z0-9*_\-.]{6,}", re.IGNORECASE)
@@ -196,9 +198,8 @@ class OpenAIBackend:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             finish_reason=choice.get("finish_reason"),
             logprobs=logprobs,
-            extra={"system_fingerprint": data.get("system_fingerprint")}
-            if data.get("system_fingerprint")
-            else {},
+            # The server's own JSON, so the engine can store the reply as received instead of re-encoding it.
+            extra={RAW_RESPONSE: response.content.decode("utf-8", "replace")},
         )
 
     def _error_text(self, response: httpx.Response) -> str:
