@@ -28,6 +28,7 @@ Run standalone (the benchmark and subprocess tests do): `python tests/openai_ser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -278,10 +279,8 @@ def _target_line(messages: list[dict[str, Any]]) -> dict[str, str] | None:
             line = {k: v.strip() for k, v in matches[-1].groupdict().items()}
             # Utterances are shown as JSON string literals; tests compare the decoded text.
             if line["text"].startswith('"'):
-                try:
+                with contextlib.suppress(ValueError):
                     line["text"] = json.loads(line["text"])
-                except ValueError:
-                    pass
             return line
     return None
 
@@ -308,9 +307,9 @@ def _wants_nested(body: dict[str, Any]) -> bool:
 def _logprobs(content: str, emotion: str) -> list[dict[str, Any]]:
     """OpenAI-style token logprobs: confident everywhere, with label alternatives where the emotion is said."""
     tokens = re.findall(r"\w+|[^\w\s]+|\s+", content)
-    alternatives = [emotion] + [label for label in LABELS if label != emotion][:4]
+    alternatives = [emotion, *[label for label in LABELS if label != emotion][:4]]
     # 80 % on the chosen label, the rest shared by the alternatives.
-    weights = [0.8] + [0.2 / 4] * 4
+    weights = [0.8, 0.05, 0.05, 0.05, 0.05]
     out = []
     emotion_done = False
     for token in tokens:
@@ -383,10 +382,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(str(server.port))
         tmp.replace(args.port_file)
     print(f"listening on {server.base_url}", file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._httpd.serve_forever(poll_interval=0.05)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

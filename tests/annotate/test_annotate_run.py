@@ -149,7 +149,7 @@ def test_dry_run_estimates_without_sending_and_counts_stored_requests(server, tm
     [
         (lambda t: t.drop(columns=["speaker"]), r"missing column\(s\) \['speaker'\]"),
         (lambda t: t.assign(text=["ok"] * 4 + [""] + ["ok"] * 5), "row 5.*empty utterance text"),
-        (lambda t: t.assign(id=list(t["id"][:9]) + [t["id"][0]]), "duplicate id"),
+        (lambda t: t.assign(id=[*t["id"][:9], t["id"][0]]), "duplicate id"),
     ],
 )
 def test_bad_corpus_fails_before_any_request(server, tmp_path, change, message):

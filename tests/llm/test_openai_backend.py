@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from melt.annotate import AnnotateConfig
-from melt.errors import MeltError
 from melt.llm import make_backend
 from melt.llm.base import BackendError, ChatRequest, ResponseFormatRejected, RetryableError
 from melt.llm.openai import OPENAI_BASE_URL, OpenAIBackend
@@ -99,13 +98,14 @@ def test_logprobs_are_dropped_when_the_server_refuses_them():
     assert sent[1]["logprobs"] is False
 
 
-def test_make_backend_needs_a_server_or_a_key(monkeypatch):
-    monkeypatch.delenv("MELT_TEST_KEY", raising=False)
-    with pytest.raises(MeltError, match=r"no --base-url and no API key in \$MELT_TEST_KEY"):
-        make_backend(AnnotateConfig(api_key_env="MELT_TEST_KEY"))
+def test_make_backend_picks_the_server_or_openai(monkeypatch):
     monkeypatch.setenv("MELT_TEST_KEY", KEY)
     backend = make_backend(AnnotateConfig(api_key_env="MELT_TEST_KEY"))
     assert isinstance(backend, OpenAIBackend) and backend.base_url == OPENAI_BASE_URL
+    asyncio.run(backend.aclose())
+    monkeypatch.delenv("MELT_TEST_KEY")
+    backend = make_backend(AnnotateConfig(base_url="http://127.0.0.1:9/v1/", api_key_env="MELT_TEST_KEY"))
+    assert isinstance(backend, OpenAIBackend) and backend.base_url == "http://127.0.0.1:9/v1"
     asyncio.run(backend.aclose())
 
 

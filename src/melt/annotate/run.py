@@ -303,16 +303,13 @@ def estimate_run(
             chars = sum(len(m["content"]) for m in utterance.messages)
             for sample in range(config.samples):
                 requests += 1
-                if store is not None and any(
-                    store.get(
-                        stored_key(
-                            model,
-                            chat_request(config, schema_format, utterance.messages, sample, level),
-                            sample,
-                        )[0]
-                    )
+                keys = (
+                    stored_key(
+                        model, chat_request(config, schema_format, utterance.messages, sample, level), sample
+                    )[0]
                     for level in RESPONSE_FORMATS
-                ):
+                )
+                if store is not None and any(store.has(key) for key in keys):
                     cached += 1
                     continue
                 prompt_tokens += math.ceil(chars / CHARS_PER_TOKEN) + 4 * len(utterance.messages)

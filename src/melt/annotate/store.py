@@ -102,6 +102,10 @@ class RequestStore:
             logprobs=reply.get("logprobs"),
         )
 
+    def has(self, key: str) -> bool:
+        query = "SELECT 1 FROM requests WHERE key = ? AND status = 'done'"
+        return self._db.execute(query, (key,)).fetchone() is not None
+
     def put_done(
         self,
         key: str,
