@@ -45,7 +45,7 @@ def check_gguf(path: str | Path) -> Path:
             "e.g. one converted with llama.cpp's convert_hf_to_gguf.py",
             file=path,
         )
-    return path.resolve()
+    return path.absolute()
 
 
 def sha256_file(path: Path) -> str:
