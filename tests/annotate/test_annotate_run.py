@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 
@@ -53,6 +54,13 @@ def test_a_rerun_sends_nothing_and_reproduces_the_table(server, tmp_path, write_
     assert len(server.entries()) == sent == 10
     assert second.stats.cached == 10 and second.stats.sent == 0 and second.stats.cost_usd == 0
     pd.testing.assert_frame_equal(first.annotations, second.annotations)
+
+
+def test_runs_from_inside_a_running_event_loop_as_in_a_notebook(server, tmp_path, write_corpus):
+    async def notebook_cell():
+        return run_annotation(write_corpus(TEXTS[:3]), fast_config(server), tmp_path / "run")
+
+    assert asyncio.run(notebook_cell()).complete
 
 
 def test_a_changed_parameter_is_a_new_request(server, tmp_path, write_corpus):

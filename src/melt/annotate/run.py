@@ -7,6 +7,8 @@ import asyncio
 import json
 import math
 from collections import Counter
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,7 +167,17 @@ def run_annotation(
     out_dir.mkdir(parents=True, exist_ok=True)
     if backend is None:
         backend = make_backend(config)
-    return asyncio.run(_run(utterances, config, prompt, backend, out_dir, corpus_path, progress))
+    return _run_to_completion(_run(utterances, config, prompt, backend, out_dir, corpus_path, progress))
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
+    """Run the engine's event loop; from inside a running loop (a Jupyter notebook), on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="melt-annotate") as thread:
+        return thread.submit(asyncio.run, coroutine).result()
 
 
 async def _run(
