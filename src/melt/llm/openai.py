@@ -12,19 +12,11 @@ import email.utils
 import json
 import math
 import re
-import sys
 import time
 import urllib.request
 from typing import Any
 
 import httpx
-
-try:
-    import sniffio  # noqa: F401
-except ImportError:
-    # httpcore imports sniffio on every request to tell asyncio from trio; when it is not installed, each
-    # failed import searches the whole sys.path (about 0.3 ms). Record it as absent once.
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 from melt.llm.base import BackendError, ChatReply, ChatRequest, ResponseFormatRejected, RetryableError
 
