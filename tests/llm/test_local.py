@@ -69,8 +69,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex, lambda a: a[1]))
     monkeypatch.setattr(socket.socket, "sendto", guard(socket.socket.sendto, lambda a: a[-1]))
     monkeypatch.setattr(socket, "getaddrinfo", guard(socket.getaddrinfo, lambda a: a[0]))
-    yield
+    yield attempts
     assert not attempts, f"the local backend tried to reach the network: {attempts}"
+
+
+def test_the_socket_guard_catches_connections_and_lookups(no_network):
+    with pytest.raises(OSError, match="network access from a local-backend test"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)
+    with pytest.raises(OSError, match="network access from a local-backend test"):
+        socket.getaddrinfo("huggingface.co", 443)
+    assert len(no_network) == 2
+    no_network.clear()  # they were this test's own
 
 
 @pytest.fixture(scope="module")
