@@ -70,11 +70,14 @@ def test_annotate_without_server_or_key_uses_the_bundled_model_offline(tmp_path)
     assert run["backend"] == "local" and run["model"] == "gemma-3-270m-q4_k_m.gguf"
     assert "local gemma-3-270m-q4_k_m.gguf" in first.stdout
     assert "tokens this run" in first.stdout
+    # Local models cost nothing, and the tokens are still counted.
+    assert run["this_invocation"]["cost_usd"] == 0 and run["this_invocation"]["prompt_tokens"] > 0
 
     # Rerunning resumes from the store: nothing is generated again.
     again = melt(*args)
     assert again.returncode == 0, again.stderr
-    assert "from the store (not sent)           │                                 2" in again.stdout
+    rerun = json.loads((out / "run.json").read_text())["this_invocation"]
+    assert (rerun["cached"], rerun["completed"]) == (2, 0)
     assert pd.read_parquet(out / "annotations.parquet").equals(annotations)
 
 

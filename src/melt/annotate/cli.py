@@ -20,7 +20,17 @@ def annotate_command(
     base_url: str | None = typer.Option(
         None, "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OpenAI)."
     ),
-    model: str | None = typer.Option(None, "--model", help="Model name (default gpt-4o-2024-08-06)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Server model name (default gpt-4o-2024-08-06), or the path of a .gguf file to run locally.",
+    ),
+    n_ctx: int | None = typer.Option(
+        None, "--n-ctx", help="Local models: fixed context size in tokens (default: grows to fit the prompt)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Local models: CPU threads (default: all cores)."
+    ),
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY)."
     ),
@@ -60,6 +70,8 @@ def annotate_command(
         config_file,
         base_url=base_url,
         model=model,
+        n_ctx=n_ctx,
+        threads=threads,
         api_key_env=api_key_env,
         prompt=prompt,
         schema_kind=schema,

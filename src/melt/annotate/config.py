@@ -12,6 +12,9 @@ from melt.corpus.labels import MELT_LABEL_SET, LabelSet
 from melt.errors import MeltError
 from melt.llm.pricing import Price
 
+#: The paper's model, asked of OpenAI-compatible servers when no --model is given.
+DEFAULT_SERVER_MODEL = "gpt-4o-2024-08-06"
+
 #: The answer formats to try, strongest first; a server that rejects one gets the next for the rest of the run.
 RESPONSE_FORMATS: tuple[str, ...] = ("json_schema", "json_object", "text")
 
@@ -24,8 +27,15 @@ class AnnotateConfig(BaseModel):
 
     # Who answers.
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    model: str = "gpt-4o-2024-08-06"
+    model: str | None = Field(
+        None,
+        description=f"server model name (default {DEFAULT_SERVER_MODEL}); offline: a .gguf path, else the bundled model",
+    )
     api_key_env: str = "OPENAI_API_KEY"
+    n_ctx: int | None = Field(
+        None, ge=16, description="local models: fixed context size (default: fit the prompt)"
+    )
+    threads: int | None = Field(None, ge=1, description="local models: CPU threads (default: all cores)")
 
     # What is asked.
     prompt: str = Field("melt", description="melt, dialogue, cot, or a template file")

@@ -31,7 +31,7 @@ from melt.annotate.engine import (
 from melt.annotate.store import STORE_NAME, RequestStore
 from melt.corpus.schema import atomic_write, conform, read_any, require_columns, write_table
 from melt.errors import MeltError
-from melt.llm import make_backend
+from melt.llm import choose_backend, make_backend
 from melt.llm.base import Backend
 from melt.llm.pricing import Price, price_of
 from melt.prompts import PromptConfig, build_messages, response_format
@@ -135,8 +135,8 @@ def prepare(
     ]
 
 
-def _price(config: AnnotateConfig, model: str) -> Price | None:
-    price = price_of(model, config.prices)
+def _price(config: AnnotateConfig, model: str, *, free: bool) -> Price | None:
+    price = Price(input=0, output=0) if free else price_of(model, config.prices)
     if config.max_cost is not None and price is None:
         raise MeltError(
             f"--max-cost needs the price of model {model!r}, which is not in the price table; "
@@ -192,7 +192,7 @@ async def _run(
     store = RequestStore(out_dir / STORE_NAME)
     started = datetime.now(UTC)
     try:
-        price = _price(config, backend.model)
+        price = _price(config, backend.model, free=backend.name == "local")
         annotator = Annotator(config, prompt, backend, store, price)
         if progress:
             outcomes = await _with_progress(annotator, utterances, config)
@@ -301,7 +301,8 @@ def estimate_run(
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
     utterances = prepare(table, config, prompt, source=corpus_path or "<table>")
-    model = model or config.model
+    choice = choose_backend(config)
+    model = model or choice.recorded_model
     store_path = Path(out_dir) / STORE_NAME if out_dir is not None else None
     store = RequestStore(store_path) if store_path is not None and store_path.exists() else None
     try:
@@ -331,7 +332,7 @@ def estimate_run(
     to_send = requests - cached
     completion = round(typical * to_send)
     completion_max = config.max_tokens * to_send
-    price = price_of(model, config.prices)
+    price = Price(input=0, output=0) if choice.free else price_of(model, config.prices)
     return CostEstimate(
         utterances=len(utterances),
         requests=requests,

