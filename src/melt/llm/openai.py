@@ -8,15 +8,18 @@ because OpenAI echoes a masked key in its 401 message.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
-import math
 import re
 import time
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from melt.llm.base import BackendError, ChatReply, ChatRequest, ResponseFormatRejected, RetryableError
 
@@ -26,9 +29,20 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 _RETRYABLE_STATUSES = frozenset({408, 409, 425})
 #: key of `ChatReply.extra` holding the server's response body (JSON text)
 RAW_RESPONSE = "raw_response"
-#: connections per httpx pool (see __init__)
-CONNECTIONS_PER_POOL = 8
 _KEY_SHAPED = re.compile(r"\b(?:sk|key|api)[-_][A-Za-z0-9*_\-.]{6,}", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Response:
+    """A finished HTTP response: status, headers and the whole body, read before the connection went back."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
 
 
 class OpenAIBackend:
@@ -51,29 +65,22 @@ class OpenAIBackend:
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._timeout = timeout
-        headers = {"Content-Type": "application/json"}
+        self._max_connections = max(1, max_connections)
+        self._url = URL(self.base_url + "/chat/completions")
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._url = httpx.URL(self.base_url + "/chat/completions")
-        self._headers = [*headers.items(), ("Accept", "application/json")]
-        self._timeouts = {"connect": min(timeout, 10.0), "read": timeout, "write": timeout, "pool": timeout}
-        # Transports rather than an AsyncClient: at 64 requests in flight the client's layers (auth, redirects,
-        # cookies, URL merging) cost a fifth of the CPU of a request, for features a POST to one URL never
-        # uses. And several small pools, because httpcore scans every connection of a pool each time it
-        # places a request: one pool of 64 connections costs more CPU than the request itself.
-        shards = max(1, math.ceil(max_connections / CONNECTIONS_PER_POOL))
-        per_pool = math.ceil(max_connections / shards)
-        tls = httpx.create_ssl_context()  # shared: each context loads the CA bundle (about 50 ms)
-        proxy = _proxy_for(self._url)
-        self._pools = [
-            httpx.AsyncHTTPTransport(
-                verify=tls,
-                proxy=proxy,
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-            )
-            for _ in range(shards)
-        ]
-        self._in_flight = [0] * shards
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        # The pool may be waited for as long as a reply; opening a connection should never take that long.
+        self._timeouts = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=min(timeout, 10.0), sock_read=timeout
+        )
+        # The proxy is looked up once: aiohttp's trust_env would read the environment and ~/.netrc on a
+        # worker thread for every request, which costs more CPU than the request.
+        self._proxy, self._proxy_headers = _proxy_for(self._url)
+        # aiohttp sessions belong to the event loop they are made in, and backends are made before the run's
+        # loop starts: the session is made by the first request.
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         # A server that refuses a parameter gets it dropped for the rest of the run, not on every request.
         self._send_logprobs = True
         self._max_tokens_field = "max_tokens"
@@ -117,36 +124,38 @@ class OpenAIBackend:
             return self._reply(response)
         raise BackendError("the server keeps refusing the request's parameters")
 
-    async def _post(self, content: bytes) -> httpx.Response:
+    async def _post(self, content: bytes) -> _Response:
+        session = self._session_of_this_loop()
         try:
-            return await self._least_busy_post(content)
-        except httpx.TimeoutException as exc:
+            # No redirects: a POST that a server redirects is a misconfigured --base-url, reported as such.
+            async with session.post(
+                self._url,
+                data=content,
+                headers=self._headers,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+                timeout=self._timeouts,
+                allow_redirects=False,
+            ) as response:
+                return _Response(response.status, response.headers, await response.read())
+        except TimeoutError as exc:  # aiohttp's timeouts are also ClientErrors: this test comes first
             raise RetryableError(f"timeout: no reply within {self._timeout:g} s") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             # Dropped connections, resets, refused connects; the text names the failure, never the request.
             raise RetryableError(f"connection: {type(exc).__name__}") from exc
 
-    async def _least_busy_post(self, content: bytes) -> httpx.Response:
-        shard = min(range(len(self._pools)), key=self._in_flight.__getitem__)
-        self._in_flight[shard] += 1
-        try:
-            request = httpx.Request(
-                "POST",
-                self._url,
-                headers=self._headers,
-                content=content,
-                extensions={"timeout": self._timeouts},
+    def _session_of_this_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                # Nothing a chat completion needs, and filtering cookies costs CPU on every request.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
-            response = await self._pools[shard].handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            return response
-        finally:
-            self._in_flight[shard] -= 1
+            self._session_loop = loop
+        return self._session
 
-    def _reply(self, response: httpx.Response) -> ChatReply:
+    def _reply(self, response: _Response) -> ChatReply:
         status = response.status_code
         if status == 429:
             message = self._error_text(response)
@@ -171,13 +180,14 @@ class OpenAIBackend:
             )
         if status != 200:
             raise BackendError(f"unexpected HTTP {status}: {self._error_text(response)}")
+        text = response.text
         try:
-            data = response.json()
+            data = json.loads(text)
             choice = data["choices"][0]
             content = choice["message"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             # A proxy or an overloaded server can cut a body short: worth another (capped) attempt.
-            raise RetryableError(f"malformed reply: not a chat completion ({response.text[:80]!r})") from exc
+            raise RetryableError(f"malformed reply: not a chat completion ({text[:80]!r})") from exc
         usage = data.get("usage") or {}
         logprobs = (
             (choice.get("logprobs") or {}).get("content")
@@ -191,12 +201,12 @@ class OpenAIBackend:
             finish_reason=choice.get("finish_reason"),
             logprobs=logprobs,
             # The server's own JSON, so the engine can store the reply as received instead of re-encoding it.
-            extra={RAW_RESPONSE: response.content.decode("utf-8", "replace")},
+            extra={RAW_RESPONSE: text},
         )
 
-    def _error_text(self, response: httpx.Response) -> str:
+    def _error_text(self, response: _Response) -> str:
         try:
-            error = response.json().get("error")
+            error = json.loads(response.content).get("error")
             text = error.get("message") if isinstance(error, dict) else str(error or response.text)
         except (ValueError, AttributeError):
             text = response.text
@@ -209,19 +219,30 @@ class OpenAIBackend:
         return _KEY_SHAPED.sub("***", text)
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = self._session_loop = None
 
 
-def _proxy_for(url: httpx.URL) -> str | None:
-    """The proxy the environment (HTTPS_PROXY, ALL_PROXY, NO_PROXY...) asks for, as httpx's client would use."""
-    if urllib.request.proxy_bypass(url.host):
-        return None
+def _proxy_for(url: URL) -> tuple[URL | None, dict[str, str] | None]:
+    """The proxy the environment (HTTPS_PROXY, ALL_PROXY, NO_PROXY...) asks for, and the headers that carry
+    the credentials in its URL."""
+    if url.host is None or urllib.request.proxy_bypass(url.host):
+        return None, None
     proxies = urllib.request.getproxies()
-    return proxies.get(url.scheme) or proxies.get("all")
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy:
+        return None, None
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"
+    parsed = URL(proxy)
+    if parsed.user is None:
+        return parsed, None
+    credentials = aiohttp.BasicAuth(parsed.user, parsed.password or "").encode()
+    return parsed.with_user(None), {"Proxy-Authorization": credentials}
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asks to wait: OpenAI's `retry-after-ms`, else `Retry-After` (seconds or date)."""
     if "retry-after-ms" in headers:
         try:
