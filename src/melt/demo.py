@@ -1,7 +1,12 @@
-"""`melt demo`: the pipeline on the bundled example corpus, end to end, offline."""
+"""`melt demo`: the pipeline on the bundled example corpus, end to end and offline.
+
+It annotates the example with the LLM `melt annotate` would pick (offline: the bundled Gemma 3 270M model
+through llama.cpp), compares the LLM's emotions with the human labels, and writes one report.
+"""
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -17,24 +22,81 @@ def example_corpus_path() -> Path:
 
 def demo_command(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Folder for the demo's outputs."),
+    max_tokens: int = typer.Option(300, "--max-tokens", help="Reply length cap for the LLM."),
 ) -> None:
-    """Run the pipeline on the bundled example corpus and print where the report is."""
-    from melt.analysis.cli import print_summary
-    from melt.analysis.compare import compare_labels, write_comparison
-    from melt.corpus.loaders import load_table
-    from melt.corpus.schema import write_table
+    """Annotate the bundled example corpus with an LLM, compare with its human labels, and write a report.
 
-    console = Console()
+    Offline (no --base-url, no API key) this uses the bundled 270M model, which proves the pipeline but whose
+    labels are not research-grade. Rerunning reuses the replies already in OUT/run.
+    """
+    from melt.analysis.cli import print_summary
+    from melt.analysis.compare import compare_labels, comparison_section
+    from melt.analysis.report import Section, write_report
+    from melt.annotate import AnnotateConfig, run_annotation
+    from melt.annotate.cli import summary_table
+    from melt.corpus.loaders import load_table
+    from melt.corpus.schema import atomic_write, write_table
+
+    console = Console(highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_table(example_corpus_path())
     corpus_path = write_table(corpus, out / "corpus.parquet")
     console.print(f"example corpus: {len(corpus)} utterances -> {corpus_path}")
-    comparison = compare_labels(
-        corpus["label"].tolist(),
-        corpus["second_rater"].tolist(),
-        reference_name="label",
-        candidate_name="second_rater",
+
+    config = AnnotateConfig(max_tokens=max_tokens)
+    result = run_annotation(corpus_path, config, out / "run", progress=True)
+    console.print(summary_table(result))
+
+    annotations = corpus.merge(result.annotations, on="id", how="left")
+    comparisons = [
+        compare_labels(
+            annotations["label"], annotations["emotion"], reference_name="human", candidate_name="LLM"
+        ),
+        compare_labels(
+            annotations["label"],
+            annotations["second_rater"],
+            reference_name="human",
+            candidate_name="second rater",
+        ),
+    ]
+    sections = []
+    summaries = {}
+    for comparison, folder in zip(comparisons, ("llm", "second_rater"), strict=True):
+        figures_dir = out / folder
+        figures_dir.mkdir(exist_ok=True)
+        summary = comparison.summary()
+        summaries[folder] = summary
+        sections.append(comparison_section(comparison, summary, figures_dir))
+        print_summary(summary)
+    shown = [
+        "id",
+        "speaker",
+        "text",
+        "label",
+        "status",
+        "emotion",
+        "loudness",
+        "pitch",
+        "rhythm_speed",
+        "flags",
+    ]
+    sections.append(
+        Section(
+            title="The annotations",
+            paragraphs=[
+                f"Backend {result.backend}, model {result.model}. "
+                + (
+                    "The bundled 270M model proves the pipeline; its labels are not research-grade. Point melt at a "
+                    "real model with --base-url URL --model NAME, or --model PATH.gguf."
+                    if result.backend == "local"
+                    else ""
+                )
+            ],
+            tables={"Human label and the LLM's answer per utterance": annotations[shown]},
+        )
     )
-    summary = write_comparison(comparison, out / "compare", title="melt demo: human label vs second rater")
-    print_summary(summary)
-    console.print(f"report: {(out / 'compare' / 'report.html').resolve()}")
+    atomic_write(
+        out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summaries, indent=2), encoding="utf-8")
+    )
+    _, html = write_report(out, "melt demo: the example corpus annotated by an LLM", sections)
+    console.print(f"report: {html.resolve()}")

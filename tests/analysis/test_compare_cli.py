@@ -129,11 +129,3 @@ def test_compare_unknown_column_is_a_clear_error(melt_cli, tmp_path):
     path.write_text("id,text,label\na,x,joy\n")
     result = melt_cli("compare", path, "--candidate", "nope", "--out", tmp_path / "cmp")
     assert result.code == 2 and "'nope'" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_demo_compares_the_bundled_example(melt_cli, tmp_path):
-    result = melt_cli("demo", "--out", tmp_path)
-    assert result.code == 0, result.stderr
-    assert "report.html" in result.stdout
-    html_reports = list(tmp_path.rglob("report.html"))
-    assert html_reports and all(p.stat().st_size > 1000 for p in html_reports)

@@ -176,28 +176,16 @@ def comparison_section(comparison: Comparison, summary: dict, out_dir: Path) -> 
     """The report section of a comparison; writes its two figures into `out_dir`."""
     transition_png = plot_transition(comparison, out_dir / "transition.png")
     distribution_png = plot_distribution(comparison, out_dir / "distribution.png")
+    measures = {
+        "utterances": str(summary["n"]),
+        "left out (label missing)": str(summary["missing"]),
+        "changed": str(summary["changed"]),
+        "change rate": f"{summary['change_rate']:.4f}",
+        "Cohen's κ": f"{summary['cohen_kappa']:.4f}",
+        "Krippendorff's α": f"{summary['krippendorff_alpha']:.4f}",
+    }
     agreement = pd.DataFrame(
-        {
-            "value": [
-                summary["n"],
-                summary["missing"],
-                summary["changed"],
-                summary["change_rate"],
-                summary["cohen_kappa"],
-                summary["krippendorff_alpha"],
-            ]
-        },
-        index=pd.Index(
-            [
-                "utterances",
-                "left out (label missing)",
-                "changed",
-                "change rate",
-                "Cohen's κ",
-                "Krippendorff's α",
-            ],
-            name="measure",
-        ),
+        {"value": list(measures.values())}, index=pd.Index(list(measures), name="measure")
     )
     paragraphs = [
         f"{summary['changed']} of {summary['n']} utterances ({summary['change_rate']:.2%}) carry a different label "
@@ -213,7 +201,9 @@ def comparison_section(comparison: Comparison, summary: dict, out_dir: Path) -> 
             "Agreement": agreement,
             "Label counts": comparison.counts(),
             f"Transitions (rows: {comparison.reference_name}, columns: {comparison.candidate_name})": (
-                comparison.transition()
+                comparison.transition().rename_axis(
+                    index=f"{comparison.reference_name} → {comparison.candidate_name}"
+                )
             ),
         },
         figures={"Transition matrix": transition_png, "Label distribution": distribution_png},
