@@ -16,7 +16,6 @@ import argparse
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,14 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-SENTENCES = [
-    "I can't believe you did that to me again.",
-    "Could this meeting be any longer than it already is?",
-    "We were on a break, and everybody knows it.",
-    "She is moving to Paris next week with her sister.",
-    "The coffee shop was closed when we finally got there.",
-    "Nobody told me the party started at seven o'clock, so I came late.",
-]
+REPO = Path(__file__).resolve().parents[1]
+# The same espeak-ng + sox synthesis the tests use.
+sys.path.insert(0, str(REPO / "tests" / "acoustics"))
+from espeak import SENTENCES, synthesise  # noqa: E402
 
 
 def make_corpus(folder: Path, files: int) -> Path:
@@ -55,14 +50,8 @@ def make_corpus(folder: Path, files: int) -> Path:
 
     def make(row: dict) -> None:
         target = folder / row["audio"]
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        raw = target.with_suffix(".raw.wav")
-        command = ["espeak-ng", "-p", str(row["pitch"]), "-s", str(row["speed"]), "-w", str(raw), row["text"]]
-        subprocess.run(command, check=True, capture_output=True)
-        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(target)], check=True)
-        raw.unlink()
+        if not target.exists():
+            synthesise(target, row["text"], pitch=row["pitch"], speed=row["speed"])
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(make, rows))

@@ -16,16 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .espeak import require_tools, synthesise
+from .espeak import SENTENCES, require_tools, synthesise
 
-SENTENCES = [
-    "I can't believe you did that to me again.",
-    "Could this meeting be any longer than it already is?",
-    "We were on a break, and everybody knows it.",
-    "She is moving to Paris next week with her sister.",
-    "The coffee shop was closed when we finally got there.",
-    "Nobody told me the party started at seven o'clock.",
-]
 #: level -> espeak-ng option value. Pitch 35..80 keeps espeak's voicing clean; amplitude 160 stays below clipping.
 CONTROLS = {
     "pitch": ("-p", {"low": 35, "mid": 55, "high": 80}),

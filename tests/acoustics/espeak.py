@@ -8,6 +8,16 @@ from pathlib import Path
 
 import pytest
 
+#: Everyday sitcom-style lines (written for melt) for the synthetic corpora of the tests and bench/acoustics.py.
+SENTENCES = [
+    "I can't believe you did that to me again.",
+    "Could this meeting be any longer than it already is?",
+    "We were on a break, and everybody knows it.",
+    "She is moving to Paris next week with her sister.",
+    "The coffee shop was closed when we finally got there.",
+    "Nobody told me the party started at seven o'clock.",
+]
+
 
 def require_tools(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
