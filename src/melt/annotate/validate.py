@@ -7,10 +7,14 @@ mapped) only raise flags.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
+import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +80,14 @@ def _drop_trailing_commas(text: str) -> str:
 def json_objects(text: str) -> tuple[list[tuple[dict[str, Any], bool]], bool]:
     """Top-level JSON objects in `text` in order, each with whether trailing commas had to be removed; and
     whether some object was left unclosed (a reply cut off by the token limit)."""
+    stripped = text.strip()
+    if stripped[:1] == "{" and stripped[-1:] == "}":
+        # The usual reply is one JSON object and nothing else: the brace walk below (a Python loop over every
+        # character) would find just that object.
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(stripped)
+            if isinstance(value, dict):
+                return [(value, False)], False
     found: list[tuple[dict[str, Any], bool]] = []
     unclosed = False
     position = 0
@@ -198,17 +210,17 @@ def label_confidence(
     match = _EMOTION_VALUE.search(joined)
     if match is None:
         return None
-    value_start, position, item = match.end(), 0, None
-    for candidate, token in zip(logprobs, tokens, strict=True):
-        if position + len(token) > value_start:
-            item = candidate
-            break
-        position += len(token)
-    if item is None:
+    value_start = match.end()
+    # The first token ending after the value's start, found by bisection rather than a walk over the reply.
+    ends = list(itertools.accumulate(map(len, tokens)))
+    index = bisect.bisect_right(ends, value_start)
+    if index == len(tokens):
         return None
+    item = logprobs[index]
+    position = ends[index] - len(tokens[index])
     # The token holding the value's first letters may also hold the opening quote; its alternatives share it.
     prefix = joined[position:value_start]
-    names = {label: label for label in labels.labels} | dict(labels.synonyms)
+    label_of = _prefix_matcher(labels.labels, tuple(labels.synonyms.items()))
     mass = dict.fromkeys(labels.labels, 0.0)
     for alternative in item.get("top_logprobs") or []:
         piece = str(alternative.get("token") or "")
@@ -216,10 +228,28 @@ def label_confidence(
         piece = piece.strip().casefold()
         if not piece:
             continue
-        targets = {label for name, label in names.items() if name.startswith(piece)}
-        if len(targets) == 1:
-            mass[targets.pop()] += math.exp(float(alternative["logprob"]))
+        label = label_of(piece)
+        if label is not None:
+            mass[label] += math.exp(float(alternative["logprob"]))
     total = sum(mass.values())
     if total == 0:
         return None
     return {label: value / total for label, value in mass.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _prefix_matcher(
+    labels: tuple[str, ...], synonyms: tuple[tuple[str, str], ...]
+) -> Callable[[str], str | None]:
+    """For a label set (as hashable parts): the one label whose names start with a piece, else None.
+
+    Memoised per piece: the alternatives at the emotion value are a handful of label starts, seen again in
+    every reply, and matching one against every name and synonym was the bulk of `label_confidence`."""
+    names = {label: label for label in labels} | dict(synonyms)
+
+    @functools.lru_cache(maxsize=4096)
+    def label_of(piece: str) -> str | None:
+        targets = {label for name, label in names.items() if name.startswith(piece)}
+        return targets.pop() if len(targets) == 1 else None
+
+    return label_of
