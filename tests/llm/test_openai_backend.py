@@ -9,7 +9,7 @@ import pytest
 from melt.annotate import AnnotateConfig
 from melt.llm import make_backend
 from melt.llm.base import BackendError, ChatRequest, ResponseFormatRejected, RetryableError
-from melt.llm.openai import OPENAI_BASE_URL, OpenAIBackend
+from melt.llm.openai import OPENAI_BASE_URL, OpenAIBackend, _loads
 from melt.llm.pricing import Price, price_of
 from openai_server import FakeOpenAIServer, expected_emotion
 
@@ -114,3 +114,11 @@ def test_prices_of_the_paper_model_and_user_additions():
     assert price_of("gpt-4o-mini") is not None
     assert price_of("my-vllm-model") is None
     assert price_of("my-vllm-model", {"my-vllm-model": Price(input=0, output=0)}).cost(10, 10) == 0
+
+
+def test_replies_with_non_standard_json_numbers_are_still_read():
+    # orjson refuses NaN and -Infinity, which some servers write for the logprob of an impossible token.
+    body = b'{"choices": [{"message": {"content": "hi"}, "logprobs": {"content": [{"token": "hi", "logprob": -Infinity}]}}]}'
+    assert _loads(body, body.decode())["choices"][0]["logprobs"]["content"][0]["logprob"] == float("-inf")
+    with pytest.raises(ValueError):
+        _loads(b'{"choices": [', '{"choices": [')

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from melt.llm.base import BackendError, ChatReply, ChatRequest, ResponseFormatRejected, RetryableError
@@ -105,7 +106,7 @@ class OpenAIBackend:
         # At most two parameter adjustments (logprobs, max_tokens) before the request is sent as it will stay.
         for _ in range(3):
             body = self.body(request)
-            response = await self._post(json.dumps(body, ensure_ascii=False).encode())
+            response = await self._post(_dumps(body))
             if response.status_code in (400, 422):
                 message = self._error_text(response)
                 lowered = message.lower()
@@ -182,7 +183,7 @@ class OpenAIBackend:
             raise BackendError(f"unexpected HTTP {status}: {self._error_text(response)}")
         text = response.text
         try:
-            data = json.loads(text)
+            data = _loads(response.content, text)
             choice = data["choices"][0]
             content = choice["message"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
@@ -240,6 +241,25 @@ def _proxy_for(url: URL) -> tuple[URL | None, dict[str, str] | None]:
         return parsed, None
     credentials = aiohttp.BasicAuth(parsed.user, parsed.password or "").encode()
     return parsed.with_user(None), {"Proxy-Authorization": credentials}
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except (
+        orjson.JSONEncodeError
+    ):  # what orjson refuses (integers beyond 64 bits, non-string keys) json takes
+        return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _loads(content: bytes, text: str) -> Any:
+    """The JSON value of a response body. orjson decodes a reply with logprobs three times faster than json
+    (about 0.2 ms less CPU per request); json takes what orjson refuses as non-standard (NaN, -Infinity: some
+    servers' logprobs of impossible tokens) and bodies that are not valid UTF-8 (`text` is decoded leniently)."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
