@@ -3,7 +3,8 @@
     .venv/bin/python bench/annotate_throughput.py [--utterances 2000] [--latency 0.2] [--concurrency 64]
 
 The server (tests/openai_server.py) runs in its own process, so it does not compete with the client for the
-GIL: the client is what is measured. Each run starts from an empty run folder, so every utterance is a real
+GIL: the client is what is measured. The server's latency counts from each request's arrival, so its own CPU
+time does not lengthen it. Each run starts from an empty run folder, so every utterance is a real
 request, and the time is that of the whole `run_annotation` call (building prompts, requests, validation,
 the SQLite store, writing the outputs). The ideal rate is concurrency / latency.
 
@@ -97,6 +98,8 @@ def main() -> None:
     args = parser.parse_args()
 
     table = corpus(args.utterances)
+    # Other work on the machine steals the client's core: the figures are comparable only at a similar load.
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="melt-bench-") as tmp:
         folder = Path(tmp)
         server, base_url = start_server(args.latency, folder)
@@ -115,7 +118,10 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"melt annotate throughput: loopback server, {args.latency * 1000:.0f} ms per reply, {cores} cores")
+    print(
+        f"melt annotate throughput: loopback server, {args.latency * 1000:.0f} ms per reply, {cores} cores, "
+        f"1-min load average {load:.2f} before the run"
+    )
     header = (
         f"{'concurrency':>11} {'utterances':>10} {'seconds':>8} {'utt/s':>8} {'ideal':>7} {'of ideal':>8}"
     )

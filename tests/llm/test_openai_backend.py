@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from yarl import URL
 
 from melt.annotate import AnnotateConfig
 from melt.llm import make_backend
 from melt.llm.base import BackendError, ChatRequest, ResponseFormatRejected, RetryableError
-from melt.llm.openai import OPENAI_BASE_URL, OpenAIBackend, _loads
+from melt.llm.openai import OPENAI_BASE_URL, OpenAIBackend, _loads, _proxy_for
 from melt.llm.pricing import Price, price_of
 from openai_server import FakeOpenAIServer, expected_emotion
 
@@ -122,3 +123,14 @@ def test_replies_with_non_standard_json_numbers_are_still_read():
     assert _loads(body, body.decode())["choices"][0]["logprobs"]["content"][0]["logprob"] == float("-inf")
     with pytest.raises(ValueError):
         _loads(b'{"choices": [', '{"choices": [')
+
+
+def test_proxy_comes_from_the_environment_with_its_credentials_as_a_header(monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://me:s%40cret@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    proxy, headers = _proxy_for(URL("https://api.openai.com/v1/chat/completions"))
+    assert str(proxy) == "http://proxy.example:3128"
+    assert headers == {"Proxy-Authorization": "Basic bWU6c0BjcmV0"}  # me:s@cret
+    assert _proxy_for(URL("http://127.0.0.1:8000/v1/chat/completions")) == (None, None)

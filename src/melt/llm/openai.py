@@ -9,6 +9,7 @@ because OpenAI echoes a masked key in its 401 message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import re
@@ -239,8 +240,8 @@ def _proxy_for(url: URL) -> tuple[URL | None, dict[str, str] | None]:
     parsed = URL(proxy)
     if parsed.user is None:
         return parsed, None
-    credentials = aiohttp.BasicAuth(parsed.user, parsed.password or "").encode()
-    return parsed.with_user(None), {"Proxy-Authorization": credentials}
+    credentials = base64.b64encode(f"{parsed.user}:{parsed.password or ''}".encode()).decode()
+    return parsed.with_user(None), {"Proxy-Authorization": f"Basic {credentials}"}
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
