@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +35,9 @@ class Validation:
     flags: list[str] = field(default_factory=list)
 
 
-def _object_end(text: str, start: int) -> int | None:
-    """Index of the brace closing the one at `start`, skipping braces in JSON strings; None if unclosed."""
-    depth, in_string, escaped = 0, False, False
+def _outside_strings(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(index, character) of every character from `start` that is not inside a JSON string."""
+    in_string, escaped = False, False
     for i in range(start, len(text)):
         char = text[i]
         if in_string:
@@ -47,9 +47,17 @@ def _object_end(text: str, start: int) -> int | None:
                 escaped = True
             elif char == '"':
                 in_string = False
-        elif char == '"':
+            continue
+        if char == '"':
             in_string = True
-        elif char == "{":
+        yield i, char
+
+
+def _object_end(text: str, start: int) -> int | None:
+    """Index of the brace closing the one at `start`, skipping braces in JSON strings; None if unclosed."""
+    depth = 0
+    for i, char in _outside_strings(text, start):
+        if char == "{":
             depth += 1
         elif char == "}":
             depth -= 1
@@ -60,21 +68,10 @@ def _object_end(text: str, start: int) -> int | None:
 
 def _drop_trailing_commas(text: str) -> str:
     """`{"a": 1,}` -> `{"a": 1}`: a slip models make; commas inside strings are kept."""
-    out, in_string, escaped = [], False, False
-    for i, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char == "," and text[i + 1 :].lstrip()[:1] in ("}", "]"):
-            continue
-        out.append(char)
-    return "".join(out)
+    trailing = {
+        i for i, char in _outside_strings(text) if char == "," and text[i + 1 :].lstrip()[:1] in ("}", "]")
+    }
+    return "".join(char for i, char in enumerate(text) if i not in trailing)
 
 
 def json_objects(text: str) -> tuple[list[tuple[dict[str, Any], bool]], bool]:
