@@ -22,6 +22,8 @@ def test_every_command_has_help_text():
         assert (command.help or "").strip(), f"`melt {' '.join(path)}` has no description"
         for param in command.params:
             if param.name not in ("help",) and getattr(param, "param_type_name", "") == "option":
-                assert (param.help or "").strip(), f"option {param.name} of `melt {' '.join(path)}` has no help"
+                assert (param.help or "").strip(), (
+                    f"option {param.name} of `melt {' '.join(path)}` has no help"
+                )
         seen.append(" ".join(path))
     assert {"corpus meld", "corpus melt", "compare", "annotate", "demo"} <= set(seen)
