@@ -21,7 +21,7 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     #: caption -> table
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    #: caption -> PNG file (relative names are resolved against the report's folder)
+    #: caption -> PNG file (a path as any other: relative to the working directory, not to the report)
     figures: dict[str, Path] = field(default_factory=dict)
 
 
@@ -86,7 +86,7 @@ def write_report(out_dir: str | Path, title: str, sections: list[Section]) -> tu
             md += [f"*{caption}*", "", _table_markdown(table), ""]
             body.append(f'<p class="caption">{html.escape(caption)}</p>{_table_html(table)}')
         for caption, figure in section.figures.items():
-            path = figure if Path(figure).is_absolute() else out_dir / figure
+            path = Path(figure)
             relative = Path(path).resolve().relative_to(out_dir.resolve()) if _inside(path, out_dir) else path
             md += [f"![{caption}]({relative})", ""]
             encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
