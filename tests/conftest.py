@@ -29,7 +29,9 @@ class CliResult:
     stderr: str
 
 
-def run_melt(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
+def run_melt(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
+) -> CliResult:
     """Run the installed `melt` command in a subprocess, as a user would."""
     proc = subprocess.run(
         [sys.executable, "-m", "melt", *map(str, args)],
@@ -38,6 +40,7 @@ def run_melt(*args: str | Path, env: dict[str, str] | None = None, timeout: floa
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         stdin=subprocess.DEVNULL,
+        cwd=cwd,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 

@@ -8,23 +8,25 @@ from melt.corpus.labels import MELT_LABELS
 
 
 def test_demo_annotates_compares_and_reports(melt_cli, tmp_path):
-    result = melt_cli("demo", "--out", tmp_path, env={"OPENAI_API_KEY": ""})
+    # As `make demo` runs it: the default, relative output folder.
+    result = melt_cli("demo", env={"OPENAI_API_KEY": ""}, cwd=tmp_path)
     assert result.code == 0, result.stderr
+    out = tmp_path / "out" / "demo"
     assert "not research-grade" in result.stderr
-    report = tmp_path / "report.html"
+    report = out / "report.html"
     assert f"report: {report.resolve()}" in result.stdout.replace("\n", "")
 
-    annotations = pd.read_parquet(tmp_path / "run" / "annotations.parquet")
+    annotations = pd.read_parquet(out / "run" / "annotations.parquet")
     assert len(annotations) == 12
     assert set(annotations["status"]) <= {"ok", "invalid"}
     ok = annotations[annotations["status"] == "ok"]
     assert len(ok) >= 6 and set(ok["emotion"]) <= set(MELT_LABELS)
 
-    summaries = json.loads((tmp_path / "summary.json").read_text())
+    summaries = json.loads((out / "summary.json").read_text())
     assert summaries["llm"]["n"] == len(ok)  # invalid answers are left out, never guessed
     assert summaries["second_rater"]["n"] == 12 and summaries["second_rater"]["changed"] == 4
     page = report.read_text()
     assert "human vs LLM" in page and "human vs second rater" in page
     assert page.count("data:image/png;base64,") == 4
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    run = json.loads((out / "run" / "run.json").read_text())
     assert run["backend"] == "local" and run["this_invocation"]["cost_usd"] == 0
