@@ -18,7 +18,10 @@ def annotate_command(
         None, "--config", help="YAML file of settings; flags override it."
     ),
     base_url: str | None = typer.Option(
-        None, "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OpenAI)."
+        None,
+        "--base-url",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Without it: OpenAI if the API key is "
+        "set, else the bundled local model (offline).",
     ),
     model: str | None = typer.Option(
         None,
