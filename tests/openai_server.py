@@ -89,6 +89,9 @@ class FakeOpenAIServer:
         self.log: list[dict[str, Any]] = []
         self._log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
         self._lock = threading.Lock()
+        # Signalled whenever a request has been handled and logged (see `entries`).
+        self._handled = threading.Condition(self._lock)
+        self._handling = 0
         self._seen: dict[str, int] = {}
         handler = type("Handler", (_Handler,), {"owner": self})
         self._httpd = _Server(("127.0.0.1", port), handler)
@@ -122,9 +125,21 @@ class FakeOpenAIServer:
         self.stop()
 
     def entries(self, **where: Any) -> list[dict[str, Any]]:
-        """Log entries whose fields equal `where`."""
-        with self._lock:
+        """Log entries whose fields equal `where`, once the requests being handled are logged: a reply is logged
+        after it is sent, so a client can hold its reply before the server's log shows it."""
+        with self._handled:
+            self._handled.wait_for(lambda: self._handling == 0, timeout=5)
             return [e for e in self.log if all(e.get(k) == v for k, v in where.items())]
+
+    def handle_and_log(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handling += 1
+        try:
+            self.handle(handler)
+        finally:
+            with self._handled:
+                self._handling -= 1
+                self._handled.notify_all()
 
     # -- deciding the reply ---------------------------------------------------------------------------------
 
@@ -366,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
-        self.owner.handle(self)
+        self.owner.handle_and_log(self)
 
     def send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self.send_raw(status, json.dumps(payload).encode(), headers)
