@@ -195,3 +195,18 @@ def test_config_dump_masks_credentials_in_the_base_url():
     config = AnnotateConfig(base_url="https://user:s3cret@proxy.example/v1")
     assert "s3cret" not in json.dumps(config.public())
     assert config.public()["base_url"] == "https://***@proxy.example/v1"
+
+
+def test_budget_waits_for_requests_in_flight_instead_of_stopping_early(server, tmp_path, write_corpus):
+    corpus = write_corpus([f"Concurrent budget line {i}." for i in range(24)])
+    measured = run_annotation(corpus, fast_config(server, max_tokens=100), tmp_path / "measure")
+    total = measured.stats.cost_usd
+    worst_single = price_of("gpt-4o-2024-08-06").cost(1000, 100)
+    # Enough for every request, with room for one worst case; far less than 16 worst cases held at once.
+    budget = total + worst_single
+    assert 16 * worst_single > budget
+    run = run_annotation(
+        corpus, fast_config(server, max_tokens=100, max_cost=budget, concurrency=16), tmp_path / "run"
+    )
+    assert run.complete and not run.stats.stopped_by_budget
+    assert run.stats.cost_usd == pytest.approx(total) and run.stats.cost_usd <= budget

@@ -148,6 +148,8 @@ class Annotator:
         self._schema_format = response_format(prompt)
         self._paused_until = 0.0
         self._reserved = 0.0
+        # Set whenever a request gives back its reservation, so requests waiting for budget look again.
+        self._budget_freed = asyncio.Event()
         self._tokens_per_char = 1 / CHARS_PER_TOKEN
 
     def _initial_format_level(self) -> str:
@@ -266,7 +268,7 @@ class Annotator:
         request_json: str,
         outcome: SampleOutcome,
     ) -> StoredReply:
-        reservation = self._reserve(request)
+        reservation = await self._reserve(request)
         started = time.time()
         attempts = 0
         try:
@@ -291,6 +293,7 @@ class Annotator:
                 break
         finally:
             self._reserved -= reservation
+            self._budget_freed.set()
         cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
         self.store.put_done(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
                             content=reply.content, finish_reason=reply.finish_reason, logprobs=reply.logprobs,
@@ -318,19 +321,24 @@ class Annotator:
         outcome.completion_tokens += completion_tokens
         outcome.cost_usd = None if cost is None or outcome.cost_usd is None else outcome.cost_usd + cost
 
-    def _reserve(self, request: ChatRequest) -> float:
-        """Hold back the most this request can cost; raise when that could take the run over --max-cost."""
+    async def _reserve(self, request: ChatRequest) -> float:
+        """Hold back the most this request can cost. While requests in flight hold reservations that might free
+        room, wait for them; stop the run only when the request cannot fit even with nothing in flight."""
         if self.config.max_cost is None or self.price is None:
             return 0.0
-        if self.stats.stopped_by_budget:
-            raise _OutOfBudget
         chars = sum(len(m.get("content", "")) for m in request.messages)
         worst = self.price.cost(math.ceil(chars * self._tokens_per_char) + 16, request.max_tokens or 0)
-        if (self.stats.cost_usd or 0.0) + self._reserved + worst > self.config.max_cost:
-            self.stats.stopped_by_budget = True
-            raise _OutOfBudget
-        self._reserved += worst
-        return worst
+        while True:
+            if self.stats.stopped_by_budget:
+                raise _OutOfBudget
+            if (self.stats.cost_usd or 0.0) + self._reserved + worst <= self.config.max_cost:
+                self._reserved += worst
+                return worst
+            if self._reserved <= 0:
+                self.stats.stopped_by_budget = True
+                raise _OutOfBudget
+            self._budget_freed.clear()
+            await self._budget_freed.wait()
 
     async def _wait_for_pause(self) -> None:
         while (delay := self._paused_until - time.monotonic()) > 0:
