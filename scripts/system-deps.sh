@@ -5,6 +5,9 @@ missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+# venv for the Makefile's .venv; a C++ compiler for llama-cpp-python, which builds from source where no wheel exists
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v g++ >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1 || missing+=(build-essential cmake)
 [ -e /usr/lib/x86_64-linux-gnu/libsndfile.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libsndfile.so.1 ] || missing+=(libsndfile1)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"

@@ -133,3 +133,15 @@ def test_melt_csv_keeps_llm_label_and_its_off_labels(tmp_path):
     assert table.loc[0, "speaker"] == "ross"
     assert table.loc[0, "label"] == "anger"
     assert table.loc[0, "llm_label"] == "frustration"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_table(load_table(_tiny(tmp_path)), tmp_path / "t.parquet")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

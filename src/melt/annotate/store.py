@@ -193,7 +193,8 @@ class RequestStore:
             "requests": row[0],
             "prompt_tokens": row[1],
             "completion_tokens": row[2],
-            "cost_usd": row[3] if row[4] == row[0] else None,
+            # Unknown only when some finished request has no price; nothing finished yet costs 0.
+            "cost_usd": (row[3] or 0.0) if row[4] == row[0] else None,
         }
 
     def mean_completion_tokens(self) -> float | None:
