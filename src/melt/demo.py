@@ -1,7 +1,8 @@
 """`melt demo`: the pipeline on the bundled example corpus, end to end and offline.
 
-It annotates the example with the LLM `melt annotate` would pick (offline: the bundled Gemma 3 270M model
-through llama.cpp), compares the LLM's emotions with the human labels, and writes one report.
+It annotates the example with the bundled Gemma 3 270M model through llama.cpp (always: an API key in the
+environment is not used, so the demo never costs money), compares the LLM's emotions with the human labels,
+and writes one report.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ def example_corpus_path() -> Path:
 def demo_command(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Folder for the demo's outputs."),
     max_tokens: int = typer.Option(300, "--max-tokens", help="Reply length cap for the LLM."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for llama.cpp (default: all cores)."
+    ),
 ) -> None:
-    """Annotate the bundled example corpus with an LLM, compare with its human labels, and write a report.
+    """Annotate the bundled example corpus offline with the bundled model, compare with human labels, report.
 
-    Offline (no --base-url, no API key) this uses the bundled 270M model, which proves the pipeline but whose
-    labels are not research-grade. Rerunning reuses the replies already in OUT/run.
+    The bundled 270M model proves the pipeline; its labels are not research-grade (melt annotate with
+    --base-url or --model PATH.gguf gives real ones). Rerunning reuses the replies already in OUT/run.
     """
     from melt.analysis.cli import print_summary
     from melt.analysis.compare import compare_labels, comparison_section
@@ -43,8 +47,15 @@ def demo_command(
     corpus_path = write_table(corpus, out / "corpus.parquet")
     console.print(f"example corpus: {len(corpus)} utterances -> {corpus_path}")
 
-    config = AnnotateConfig(max_tokens=max_tokens)
-    result = run_annotation(corpus_path, config, out / "run", progress=True)
+    from melt.llm.local import LocalBackend
+
+    config = AnnotateConfig(max_tokens=max_tokens, threads=threads)
+    console.print(
+        "annotating with the bundled Gemma 3 270M model (llama.cpp, offline): it proves the pipeline, "
+        "but its labels are not research-grade"
+    )
+    backend = LocalBackend(n_threads=threads)
+    result = run_annotation(corpus_path, config, out / "run", backend=backend, progress=True)
     console.print(summary_table(result))
 
     annotations = corpus.merge(result.annotations, on="id", how="left")
