@@ -83,6 +83,17 @@ def test_corpus_meld_select_melt_gives_the_42_published_speakers(shared_data, me
     assert all_train.loc[sorted(missing), "duration"].between(0.9, 1.0, inclusive="left").all()
 
 
+def test_corpus_melt_reports_off_labels_it_keeps(shared_data, melt_cli, tmp_path):
+    result = melt_cli(
+        "corpus", "melt", shared_data / "melt" / "meld_test.csv", "--out", tmp_path / "t.parquet"
+    )
+    assert result.code == 0, result.stderr
+    assert (
+        "llm_label: labels outside the label set, kept as they are: frustration 2, comfort 1" in result.stdout
+    )
+    assert pd.read_parquet(tmp_path / "t.parquet")["llm_label"].value_counts()["frustration"] == 2
+
+
 def test_corpus_melt_then_compare_with_default_columns(shared_data, melt_cli, tmp_path):
     table_path = tmp_path / "melt_train.parquet"
     result = melt_cli("corpus", "melt", shared_data / "melt" / "meld_train.csv", "--out", table_path)

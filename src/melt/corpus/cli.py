@@ -48,6 +48,16 @@ def _finish(table: pd.DataFrame, out: Path, select: str | None) -> None:
             f"{split} {row.utterances} ({row.speakers} speakers)" for split, row in per_split.iterrows()
         )
     )
+    from melt.corpus.labels import MELT_LABEL_SET
+
+    for column in ("label", "llm_label"):
+        if column in table.columns:
+            off = MELT_LABEL_SET.off_label_counts(table[column])
+            if off:
+                listed = ", ".join(f"{label} {n}" for label, n in off.items())
+                console.print(
+                    f"[yellow]{column}: labels outside the label set, kept as they are:[/] {listed}"
+                )
     write_table(table, out)
     console.print(f"wrote {len(table)} rows to {out}")
 
