@@ -145,3 +145,8 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_an_output_table_needs_a_known_suffix(tmp_path):
+    with pytest.raises(MeltError, match=r"\.parquet or \.csv"):
+        write_table(load_table(_tiny(tmp_path)), tmp_path / "t.txt")

@@ -120,10 +120,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table as Parquet (`.parquet`) or CSV (anything else), atomically."""
+    """Write a table as Parquet (`.parquet`) or CSV (`.csv`), atomically."""
     path = Path(path)
     if path.suffix == ".parquet":
         return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+    if path.suffix != ".csv":
+        raise MeltError("an output table must end in .parquet or .csv", file=path)
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
