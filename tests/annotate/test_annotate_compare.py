@@ -30,3 +30,13 @@ def test_compare_a_run_directory_against_its_corpus(server, write_corpus, tmp_pa
         label: llm.count(label) for label in summary["counts"]["candidate"]
     }
     assert (tmp_path / "cmp" / "report.html").exists()
+
+
+def test_compare_a_run_whose_corpus_moved_says_where_the_path_came_from(
+    server, write_corpus, tmp_path, melt_cli
+):
+    corpus = write_corpus(["A line that will lose its corpus."])
+    run_annotation(corpus, fast_config(server), tmp_path / "run")
+    corpus.rename(tmp_path / "elsewhere.parquet")
+    result = melt_cli("compare", tmp_path / "run", "--out", tmp_path / "cmp")
+    assert result.code == 2 and "run.json" in result.stderr and str(corpus) in result.stderr

@@ -249,6 +249,11 @@ def load_labelled(path: str | Path) -> tuple[pd.DataFrame, str, str]:
     annotations = read_any(annotations_path)
     if "id" not in annotations.columns:
         raise MeltError("missing column 'id'", file=annotations_path, column="id")
+    if not corpus_path.exists():
+        raise MeltError(
+            f"the run's corpus table {corpus_path} (named in run.json) is gone; move it back or edit run.json",
+            file=run_json,
+        )
     corpus = read_table(corpus_path)
     overlap = [c for c in annotations.columns if c in corpus.columns and c != "id"]
     joined = corpus.merge(annotations.drop(columns=overlap), on="id", how="inner")
