@@ -18,6 +18,7 @@ from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
 from melt.demo import demo_command
 from melt.errors import MeltError
+from melt.review.cli import preference_app, review_app
 
 app = typer.Typer(
     name="melt",
@@ -53,6 +54,8 @@ app.command("annotate")(annotate_command)
 app.add_typer(audio_app, name="audio")
 app.add_typer(acoustics_app, name="acoustics")
 app.command("demo")(demo_command)
+app.add_typer(review_app, name="review")
+app.add_typer(preference_app, name="preference")
 
 
 def main() -> None:
