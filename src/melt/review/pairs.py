@@ -92,16 +92,21 @@ def build_pairs(
     )
     base = Path(source).parent if Path(str(source)).is_file() else Path(".")
     frame = table.reset_index(drop=True)
-    keep = frame[settings.a].notna() & frame[settings.b].notna() & frame[settings.media].notna()
-    keep &= frame[settings.a].astype("string").str.strip().ne("") & frame[settings.b].astype(
-        "string"
-    ).str.strip().ne("")
-    keep = keep.fillna(False)
+    described = [
+        pd.notna(x) and pd.notna(y) and pd.notna(m) and bool(str(x).strip()) and bool(str(y).strip())
+        for x, y, m in zip(frame[settings.a], frame[settings.b], frame[settings.media], strict=True)
+    ]
+    keep = pd.Series(described, index=frame.index, dtype=bool)
     if settings.only_different:
-        keep &= [
-            _canonical(x) != _canonical(y) for x, y in zip(frame[settings.a], frame[settings.b], strict=True)
-        ]
-    frame = frame[keep.astype(bool)]
+        keep &= pd.Series(
+            [
+                _canonical(x) != _canonical(y)
+                for x, y in zip(frame[settings.a], frame[settings.b], strict=True)
+            ],
+            index=frame.index,
+            dtype=bool,
+        )
+    frame = frame[keep]
     if frame.empty:
         raise MeltError(
             "no row has both descriptions and a media file"
@@ -175,10 +180,15 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     """A pairs table written by `write_pairs`, checked."""
     pairs = read_any(path)
     require_columns(pairs, list(PAIR_COLUMNS), source=path, purpose="the preference test")
+    pairs = pairs[list(PAIR_COLUMNS)].copy()
+    if not pd.api.types.is_bool_dtype(pairs["a_first"]):  # CSV: text
+        flags = pairs["a_first"].astype(str).str.strip().str.lower()
+        if not flags.isin(["true", "false"]).all():
+            bad = int((~flags.isin(["true", "false"])).to_numpy().argmax())
+            raise MeltError("expected True or False", file=path, row=bad + 1, column="a_first")
+        pairs["a_first"] = flags.eq("true")
     try:
-        pairs = pairs[list(PAIR_COLUMNS)].astype(
-            {c: ("boolean" if t == "boolean" else t) for c, t in PAIR_COLUMNS.items()}
-        )
+        pairs = pairs.astype(PAIR_COLUMNS)
     except (TypeError, ValueError) as exc:
         raise MeltError(f"not a pairs table written by `melt preference pairs` ({exc})", file=path) from exc
     if list(pairs["item"]) != list(range(len(pairs))):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
+import stat
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
@@ -103,10 +105,25 @@ def read_codes(path: str | Path) -> set[str]:
 class Media:
     path: Path
     media_type: str
+    #: (device, inode, size, mtime) when the test started: a file swapped or changed since is not served
+    identity: tuple[int, int, int, int]
 
     @property
     def kind(self) -> str:
         return self.media_type.split("/", 1)[0]
+
+    def unchanged(self) -> bool:
+        try:
+            return _identity(self.path) == self.identity
+        except OSError:
+            return False
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"not a regular file: {path}")
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def resolve_media(pairs: pd.DataFrame, source: str | Path) -> dict[int, Media]:
@@ -137,7 +154,7 @@ def resolve_media(pairs: pd.DataFrame, source: str | Path) -> dict[int, Media]:
                 row=int(row.item) + 1,
                 column="media_sha256",
             )
-        media[int(row.item)] = Media(path, media_type)
+        media[int(row.item)] = Media(path, media_type, _identity(path))
     return media
 
 
@@ -273,6 +290,8 @@ def create_app(
         if assignment is None:
             return error(404, "no such item")
         file = media[assignment.item]
+        if not file.unchanged():
+            return error(410, "the media file changed since the test started")
         return FileResponse(file.path, media_type=file.media_type, content_disposition_type="inline")
 
     async def answer(request: Request) -> Response:
