@@ -191,6 +191,16 @@ def test_export_errors(review_run, tmp_path, melt_cli):
         result = melt_cli("review", "export", review_run.run_dir, "--out", out, *options)
         assert result.code == 2, (options, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # an output folder that cannot be made: one line, no traceback
+    result = melt_cli(
+        "review", "export", review_run.run_dir, "--out", "/proc/no/such/folder", "--select", "all"
+    )
+    assert result.code == 2 and "error: /proc/no" in result.stderr and "Traceback" not in result.stderr
+    annotations = pd.read_parquet(review_run.run_dir / "annotations.parquet")
+    pd.concat([annotations, annotations.head(1)]).to_parquet(review_run.run_dir / "annotations.parquet")
+    result = melt_cli("review", "export", review_run.run_dir, "--out", out)
+    assert result.code == 2 and "duplicate id 'train/dia0_utt0'" in result.stderr
+    annotations.to_parquet(review_run.run_dir / "annotations.parquet")
     # an empty selection is an error, not an empty project
     (review_run.folder / "ok").mkdir()
     annotations = pd.read_parquet(review_run.run_dir / "annotations.parquet")

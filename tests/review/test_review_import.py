@@ -341,6 +341,10 @@ def test_argilla_flattened_records(review_run, tmp_path, melt_cli):
         ),
         ('[{"id": "a", "fields": {}, "responses": {"emotion": "joy"}}]', "responses.emotion is not a list"),
         (
+            '[{"id": "a", "fields": {}, "responses": {"emotion": [{"value": ["joy", "fear"], "user_id": "u"}]}}]',
+            "is not one label",
+        ),
+        (
             '[{"id": "a", "emotion.responses": ["joy"], "emotion.responses.users": []}]',
             "not lists of one length",
         ),

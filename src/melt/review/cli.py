@@ -5,6 +5,8 @@ Everything heavy (pandas, the web framework) is imported inside the commands so 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -21,6 +23,17 @@ preference_app = typer.Typer(
 )
 _console = Console(highlight=False)
 _errors = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _os_errors() -> Iterator[None]:
+    """An unwritable folder or a full disk is one line naming the file, like any other user error."""
+    from melt.errors import MeltError
+
+    try:
+        yield
+    except OSError as exc:
+        raise MeltError(exc.strerror or str(exc), file=exc.filename) from exc
 
 
 @review_app.command("export")
@@ -91,7 +104,8 @@ def review_export(
         min_confidence=min_confidence,
         min_ambiguity=min_ambiguity,
     )
-    result = export_review(run_dir, out, settings, corpus=corpus, check=check)
+    with _os_errors():
+        result = export_review(run_dir, out, settings, corpus=corpus, check=check)
     chosen = result.selected
     _console.print(
         f"exported {len(chosen)} of {result.total} utterances ({settings.select}) for "
@@ -150,8 +164,9 @@ def review_import(
     from melt.review.decisions import import_review, write_import
 
     label_set = LabelSet.from_labels(labels.split(",")) if labels else MELT_LABEL_SET
-    result = import_review(export, labels=label_set, allow_changed_audio=allow_changed_audio)
-    decisions_file, reviews_file = write_import(result, out)
+    with _os_errors():
+        result = import_review(export, labels=label_set, allow_changed_audio=allow_changed_audio)
+        decisions_file, reviews_file = write_import(result, out)
     reviews = result.reviews
     name = "Label Studio" if result.source == "labelstudio" else "Argilla"
     _console.print(
@@ -216,7 +231,8 @@ def preference_pairs(
         per_label=per_label,
         seed=seed,
     )
-    pairs = write_pairs(table, out, settings)
+    with _os_errors():
+        pairs = write_pairs(table, out, settings)
     counts = pairs["group"].value_counts().sort_index()
     _console.print(
         f"{len(pairs)} items (A = {settings.a}, B = {settings.b}) written to {out}; per group: "
@@ -263,7 +279,8 @@ def preference_serve(
         title=title,
     )
     try:
-        serve(pairs, db, settings, announce=lambda line: _errors.print(line, soft_wrap=True))
+        with _os_errors():
+            serve(pairs, db, settings, announce=lambda line: _errors.print(line, soft_wrap=True))
     except KeyboardInterrupt:
         _errors.print("stopped; every answer given is in " + str(db))
         raise typer.Exit(130) from None
@@ -277,7 +294,8 @@ def preference_report(
     """Preference for A per group and overall (binomial 95 % CIs, exact test against 50 %), agreement, time."""
     from melt.review.preference import write_preference_report
 
-    report = write_preference_report(results, out)
+    with _os_errors():
+        report = write_preference_report(results, out)
     table = Table(title=f"A = {report.source_a}, B = {report.source_b}")
     for column in ("group", "answers", "A", "B", "neither", "A share", "95 % CI", "p"):
         table.add_column(column, justify="left" if column == "group" else "right")

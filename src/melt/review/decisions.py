@@ -333,14 +333,22 @@ def _argilla_tasks(payload: list[Any], origin: Path) -> tuple[list[Task], int]:
             )
         reviews = []
         for user, answer in responses.items():
-            status = (answer.get("status") or "submitted").lower()
+            label = answer.get(CHOICES_NAME)
+            if label is not None and not isinstance(label, str):
+                raise MeltError(
+                    f"record {position}: the emotion response of {user} is not one label ({label!r})",
+                    file=origin,
+                    row=position,
+                    column=CHOICES_NAME,
+                )
+            status = str(answer.get("status") or "submitted").lower()
             if status == "draft":
                 drafts += 1
                 continue
             reviews.append(
                 {
                     "reviewer": user,
-                    "label": answer.get(CHOICES_NAME) if status != "discarded" else None,
+                    "label": label if status != "discarded" else None,
                     "skipped": status == "discarded",
                     "comment": answer.get(COMMENT_NAME),
                     "lead_time": None,

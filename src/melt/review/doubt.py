@@ -80,7 +80,7 @@ def load_run(run_dir: str | Path, corpus: str | Path | None = None) -> RunTable:
     Adds `audio_path` (the audio file as an absolute path, relative paths resolved against the corpus table's
     folder), `human_label` (the corpus's `label` normalised with the run's label set) and `llm_label`."""
     from melt.acoustics.check import read_annotations
-    from melt.corpus.schema import read_table, require_columns
+    from melt.corpus.schema import check_ids, read_table, require_columns
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -101,6 +101,7 @@ def load_run(run_dir: str | Path, corpus: str | Path | None = None) -> RunTable:
     corpus_path = Path(corpus)
     annotations, source = read_annotations(run_dir)
     require_columns(annotations, ["id", "status", "emotion"], source=source, purpose="a review export")
+    check_ids(annotations, source=source)
     table = read_table(corpus_path)
     labels = _run_labels(info, run_json)
 
