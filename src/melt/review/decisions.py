@@ -143,7 +143,7 @@ def import_review(
                 }
             )
     reviews = _frame(rows, REVIEW_DTYPES)
-    decisions = merge_decisions(reviews, tasks, checks, source)
+    decisions = merge_decisions(rows, tasks, checks, source)
     return ImportResult(source, path, reviews, decisions, len(tasks), superseded, drafts)
 
 
@@ -467,18 +467,22 @@ def _audio_check(task: Task, hashes: dict[str, str | None], origin: Path, allow_
 
 
 def merge_decisions(
-    reviews: pd.DataFrame, tasks: Iterable[Task], checks: dict[str, str | None], source: str
+    reviews: Iterable[dict[str, Any]], tasks: Iterable[Task], checks: dict[str, str], source: str
 ) -> pd.DataFrame:
-    """One row per utterance: the plurality label of its submitted reviews (see the module docstring)."""
+    """One row per utterance: the plurality label of its submitted reviews (see the module docstring).
+    `reviews` are the per-reviewer rows (dicts with id, reviewer, label, skipped, comment, lead_time)."""
     info: dict[str, Task] = {}
     for task in tasks:
         info.setdefault(task.id, task)
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for review in reviews:
+        by_id.setdefault(review["id"], []).append(review)
     rows = []
     for uid, task in info.items():
-        mine = reviews[reviews["id"] == uid]
-        labelled = mine[~mine["skipped"].astype(bool) & mine["label"].notna()]
-        counts = Counter(labelled["label"].astype(str))
-        skipped = int(mine["skipped"].astype(bool).sum())
+        mine = by_id.get(uid, [])
+        labelled = [r for r in mine if not r["skipped"] and r["label"] is not None]
+        counts = Counter(str(r["label"]) for r in labelled)
+        skipped = sum(bool(r["skipped"]) for r in mine)
         label = candidates = None
         agreement = None
         if counts:
@@ -491,13 +495,13 @@ def merge_decisions(
                 decision, candidates = "tie", "|".join(leaders)
         else:
             decision = "skipped" if skipped else "unreviewed"
-        votes = {
-            str(r): {str(lab): 1.0} for r, lab in zip(labelled["reviewer"], labelled["label"], strict=True)
-        }
-        comments = [
-            f"{r}: {c}" for r, c in zip(mine["reviewer"], mine["comment"], strict=True) if pd.notna(c)
+        votes = {str(r["reviewer"]): {str(r["label"]): 1.0} for r in labelled}
+        comments = [f"{r['reviewer']}: {r['comment']}" for r in mine if r["comment"]]
+        times = [
+            float(r["lead_time"])
+            for r in mine
+            if r["lead_time"] is not None and r["lead_time"] == r["lead_time"]
         ]
-        times = [float(t) for t in mine["lead_time"] if pd.notna(t)]
         rows.append(
             {
                 "id": uid,

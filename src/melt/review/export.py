@@ -255,12 +255,18 @@ def labeling_config(labels: LabelSet) -> str:
 """
 
 
+def write_json(path: Path, payload: Any) -> Path:
+    """Indented UTF-8 JSON, written atomically (orjson: the standard encoder is slow on large exports)."""
+    import orjson
+
+    data = orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_label_studio(chosen: pd.DataFrame, run: RunTable, out_dir: Path) -> list[Path]:
-    tasks = label_studio_tasks(chosen, run)
-    text = json.dumps(tasks, indent=2, ensure_ascii=False) + "\n"
     config = labeling_config(run.labels)
     return [
-        atomic_write(out_dir / "tasks.json", lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        write_json(out_dir / "tasks.json", label_studio_tasks(chosen, run)),
         atomic_write(out_dir / "labeling-config.xml", lambda tmp: tmp.write_text(config, encoding="utf-8")),
     ]
 
@@ -417,11 +423,7 @@ def write_argilla(chosen: pd.DataFrame, run: RunTable, out_dir: Path) -> list[Pa
         out_dir / ".argilla" / "dataset.json": dataset,
         out_dir / "records.json": argilla_records(chosen, run),
     }
-    written = []
-    for path, payload in parts.items():
-        text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-        written.append(atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8")))
-    return written
+    return [write_json(path, payload) for path, payload in parts.items()]
 
 
 SELECTION_COLUMNS = (
@@ -480,5 +482,4 @@ def _write_manifest(
             for uid, sha in zip(chosen["id"], chosen["audio_sha256"], strict=True)
         ],
     }
-    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    return atomic_write(result.out_dir / "export.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_json(result.out_dir / "export.json", manifest)
