@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import wave
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from acoustics.espeak import require_tools
 
 from .conftest import PreferenceServer
 
@@ -88,10 +91,24 @@ def experiment(review_audio, tmp_path, melt_cli):
                 "id": uid,
                 "text": f"Line {i}: {uid}",
                 "audio": str(path),
+                "wav": str(path),
                 "label": human,
                 "llm_label": "neutral" if i % 3 else "sadness",
             }
         )
+    # one clip as an H.264/AAC video, as MELD's clips are
+    require_tools("ffmpeg")
+    video = tmp_path / "clip.mp4"
+    seconds = _wav_seconds(rows[0]["wav"])
+    source = ["-f", "lavfi", "-i", f"color=c=gray:s=160x120:r=10:d={seconds}", "-i", rows[0]["wav"]]
+    codecs = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", *source, *codecs, str(video)],
+        check=True,
+    )
+    rows[0]["audio"] = str(video)
+    # a description that is markup must show as text and never run
+    rows[-1]["llm_label"] = '<img src=x onerror="window.injected=1">sadness'
     table = tmp_path / "table.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     pairs = tmp_path / "pairs.parquet"
@@ -120,7 +137,10 @@ def _answer(browser: Browser, items: dict, rule, clicks: list, limit: int | None
             ),
             f"the clip of {row['id']} to load",
         )
-        assert state[1] == "AUDIO" and abs(state[0] - _wav_seconds(row["audio"])) < 0.05
+        video = row["audio"].endswith(".mp4")
+        assert state[1] == ("VIDEO" if video else "AUDIO")
+        assert abs(state[0] - _wav_seconds(row["wav"])) < (0.15 if video else 0.05)
+        assert browser.driver.execute_script("return window.injected") is None
         first, second = browser.element("choice-first").text, browser.element("choice-second").text
         assert {first, second} == {row["llm_label"], row["label"]}
         choice = rule(row)
