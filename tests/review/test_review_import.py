@@ -159,6 +159,9 @@ def test_label_studio_round_trip(review_run, exported, tmp_path, melt_cli):
     assert "6 tasks, 10 reviews by 3 reviewers (2 skipped, 1 replaced" in result.stdout
     decisions = pd.read_parquet(out).set_index("id")
     reviews = pd.read_parquet(reviews_path(out))
+    made = json.loads((tmp_path / "decisions.json").read_text())
+    assert made["export_sha256"] == file_sha256(export) and made["format"] == "labelstudio"
+    assert made["decisions"] == {"decided": 3, "tie": 1, "skipped": 1, "unreviewed": 1}
     # ids and audio hashes survive the round trip; the audio is checked against the files
     assert set(decisions.index) == {
         uid for uid in (U_INVALID, U_PANEL, U_CHANGED, U_OFFSET, U_LOWCONF, U_LOWAGREE)

@@ -166,7 +166,7 @@ def review_import(
     label_set = LabelSet.from_labels(labels.split(",")) if labels else MELT_LABEL_SET
     with _os_errors():
         result = import_review(export, labels=label_set, allow_changed_audio=allow_changed_audio)
-        decisions_file, reviews_file = write_import(result, out)
+        decisions_file, reviews_file = write_import(result, out, labels=label_set)
     reviews = result.reviews
     name = "Label Studio" if result.source == "labelstudio" else "Argilla"
     _console.print(

@@ -531,10 +531,46 @@ def reviews_path(decisions_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.reviews{path.suffix}")
 
 
-def write_import(result: ImportResult, out: str | Path) -> tuple[Path, Path]:
+def write_import(
+    result: ImportResult, out: str | Path, *, labels: LabelSet = MELT_LABEL_SET
+) -> tuple[Path, Path]:
+    """The decisions at `out`, the per-reviewer rows next to it (`reviews_path`), and `<name>.json`: how they were
+    made (melt version, date, the export file and its sha256, counts, the label set and the merge rule)."""
+    from datetime import UTC, datetime
+
+    from melt import __version__
+    from melt.acoustics.features import file_sha256
     from melt.corpus.schema import write_table
+    from melt.review.export import write_json
 
     out = Path(out)
     if out.suffix not in (".parquet", ".csv"):
         raise MeltError("the decisions file must end in .parquet or .csv", file=out)
-    return write_table(result.decisions, out), write_table(result.reviews, reviews_path(out))
+    decisions = write_table(result.decisions, out)
+    reviews = write_table(result.reviews, reviews_path(out))
+    source = result.path / "records.json" if result.path.is_dir() else result.path
+    write_json(
+        out.with_suffix(".json"),
+        {
+            "melt_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "export": str(source.absolute()),
+            "export_sha256": file_sha256(source),
+            "format": result.source,
+            "tasks": result.tasks,
+            "reviews": len(result.reviews),
+            "reviewers": int(result.reviews["reviewer"].nunique()),
+            "skipped": result.skipped,
+            "superseded": result.superseded,
+            "drafts": result.drafts,
+            "decisions": {str(k): int(v) for k, v in result.decisions["decision"].value_counts().items()},
+            "audio_check": {
+                str(k): int(v) for k, v in result.decisions["audio_check"].value_counts().items()
+            },
+            "label_set": list(labels.labels),
+            "merge_rule": "plurality of submitted labels; a tie for the top is undecided (decision tie); "
+            "all skipped: skipped; none: unreviewed; one vote per reviewer, the later annotation stands",
+            "outputs": {"decisions": str(decisions), "reviews": str(reviews)},
+        },
+    )
+    return decisions, reviews

@@ -170,9 +170,33 @@ def build_pairs(
 
 
 def write_pairs(table_path: str | Path, out: str | Path, settings: PairsSettings) -> pd.DataFrame:
+    """The pairs table at `out`, and `<name>.json` next to it: melt version, date, the input table and its
+    sha256, the settings and the items per group."""
+    from datetime import UTC, datetime
+
+    from melt import __version__
+    from melt.acoustics.features import file_sha256
+    from melt.review.export import write_json
+
     table = read_any(table_path)
     pairs = build_pairs(table, settings, source=table_path)
+    out = Path(out)
     write_table(pairs, out)
+    write_json(
+        out.with_suffix(".json"),
+        {
+            "melt_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "table": str(Path(table_path).absolute()),
+            "table_sha256": file_sha256(table_path),
+            "rows_in_table": len(table),
+            "items": len(pairs),
+            "settings": settings.model_dump(mode="json"),
+            "per_group": {str(k): int(v) for k, v in pairs["group"].value_counts().sort_index().items()},
+            "order": "a_first balanced per group; participant k: a_first XOR (k odd); item order "
+            "numpy.random.default_rng([seed, k]).permutation(n)",
+        },
+    )
     return pairs
 
 
