@@ -175,7 +175,9 @@ def _read_export(path: Path) -> tuple[str, Any, Path]:
         raise MeltError(f"not UTF-8 text (byte at offset {exc.start})", file=path) from exc
     except json.JSONDecodeError as exc:
         raise MeltError(
-            f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=path
+            f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}); export Label Studio projects "
+            "as JSON (not CSV or JSON-MIN)",
+            file=path,
         ) from exc
     if isinstance(payload, dict):
         # An API response or a hand-made file may wrap the list.
@@ -200,7 +202,8 @@ def _read_export(path: Path) -> tuple[str, Any, Path]:
     ):
         return "argilla", payload, path
     raise MeltError(
-        "neither a Label Studio JSON export (tasks with data and annotations) nor Argilla records "
+        "neither a Label Studio JSON export (tasks with data and annotations; JSON-MIN lacks them) nor Argilla "
+        "records "
         f"(records with fields and responses); the first item has keys {sorted(first)[:8]}",
         file=path,
     )
