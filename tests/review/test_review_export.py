@@ -163,7 +163,7 @@ def test_audio_root_and_prefix(review_run, tmp_path, melt_cli):
     root = review_run.audio["train/dia0_utt0"].parent.parent
     out = tmp_path / "ls"
     result = melt_cli(
-        "review", "export", review_run.run_dir, "--out", out, "--audio-root", root,
+        "review", "export", review_run.run_dir, "--out", out, "--audio-root", root / "wav" / "..",
         "--audio-prefix", "https://files.example.org/clips/",
     )  # fmt: skip
     assert result.code == 0, result.stderr

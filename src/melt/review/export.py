@@ -125,7 +125,7 @@ def _sha256(path: object) -> str | None:
 
 def _audio_root(chosen: pd.DataFrame, settings: ExportSettings) -> Path | None:
     if settings.audio_root is not None:
-        return Path(settings.audio_root).absolute()
+        return Path(os.path.abspath(settings.audio_root))
     folders = [
         str(Path(p).parent)
         for p, h in zip(chosen["audio_path"], chosen["audio_sha256"], strict=True)
