@@ -168,3 +168,42 @@ def test_bad_panel_and_settings_exit_2_with_one_line(melt_cli, tmp_path):
     one_line_error(
         melt_cli("ambiguity", corpus_file, "--out", blocker / "out"), "cannot create the output folder"
     )
+
+
+def test_settings_from_yaml_with_flags_on_top(melt_cli, tmp_path):
+    table, panel = synthetic_corpus(n=30, annotators=3)
+    corpus_file, run = write_inputs(tmp_path, table, panel)
+    config = tmp_path / "ambiguity.yaml"
+    config.write_text("labels: [anger, joy, neutral, sadness]\nseeds: [7, 8]\nsynthetic_weight: 2\n")
+    out = tmp_path / "out"
+    result = melt_cli(
+        "ambiguity", corpus_file, "--votes", run, "--config", config, "--seeds", "9", "-q", "--out", out
+    )
+    assert result.code == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labels"] == ["anger", "joy", "neutral", "sadness"]
+    assert summary["settings"]["seeds"] == [9] and summary["settings"]["synthetic_weight"] == 2
+    from melt.corpus.labels import LabelSet
+
+    four = LabelSet.from_labels(["anger", "joy", "neutral", "sadness"])
+    check_outputs(
+        out, table, panel, corpus_file=corpus_file, votes_file=run / "votes.parquet", labels=four,
+        synthetic_weight=2.0, seeds=(9,),
+    )  # fmt: skip
+    # Fear, disgust and surprise are outside this set: dropped and counted per source.
+    assert set(summary["human"]["off_set_labels"]) >= {"fear", "disgust", "surprise"}
+    assert set(summary["panel"]["off_set_labels"]) >= {"fear", "disgust", "surprise"}
+    config.write_text("entropy_norm: [present]\n")
+    one_line_error(
+        melt_cli("ambiguity", corpus_file, "--config", config, "--out", out), "ambiguity.yaml", "entropy_norm"
+    )
+
+
+def test_an_output_that_cannot_be_written_exits_2(melt_cli, tmp_path):
+    table, _ = synthetic_corpus(n=12)
+    corpus_file, _ = write_inputs(tmp_path, table, None)
+    out = tmp_path / "out"
+    (out / "metrics.csv").mkdir(parents=True)  # a folder where the file should go
+    one_line_error(
+        melt_cli("ambiguity", corpus_file, "--out", out, "-q"), "metrics.csv: cannot write the outputs"
+    )

@@ -45,6 +45,8 @@ def test_human_votes_keep_rater_weights_and_drop_labels_outside_the_set():
             {"r1": {"frustration": 1.0}},
             "{}",
             None,
+            "null",
+            '{"r1": {}}',
         ]
     )
     human = read_human_votes(table, MELT_LABEL_SET, source="c.parquet")
@@ -56,13 +58,14 @@ def test_human_votes_keep_rater_weights_and_drop_labels_outside_the_set():
     assert distributions[1, K["anger"]] == pytest.approx(0.5 / 1.5)
     assert np.isnan(distributions[2:]).all()  # nothing on the label set: undefined, not zero
     counts = human.counts
-    assert counts["utterances_without_votes"] == 2
-    assert counts["utterances_without_votes_in_set"] == 1
+    assert counts["utterances_without_votes"] == 3
+    assert counts["utterances_without_votes_in_set"] == 2  # all off the set, or a rater with no label
+    assert counts["raters_without_weight"] == 1
     assert counts["raters_all_off_set"] == 1
     assert counts["votes_off_set"] == 2
     assert counts["off_set_labels"] == {"frustration": 2}
     assert counts["weight_off_set"] == pytest.approx(1.5)
-    assert human.raters_per_item.tolist() == [3, 2, 0, 0, 0]
+    assert human.raters_per_item.tolist() == [3, 2, 0, 0, 0, 0, 0]
     assert counts["raters_per_utterance"] == {"2": 1, "3": 1}
 
 
@@ -90,6 +93,13 @@ def test_malformed_votes_name_the_row(votes, message):
     with pytest.raises(MeltError, match=message) as info:
         read_human_votes(table, MELT_LABEL_SET, source="c.csv")
     assert info.value.row == 2 and info.value.column == "votes" and info.value.file == "c.csv"
+
+
+def test_votes_that_are_not_json_text_name_the_row():
+    table = pd.DataFrame({"id": ["a", "b"], "text": ["x", "y"], "votes": ['{"r": "joy"}', {"r": "joy"}]})
+    with pytest.raises(MeltError, match="votes must be JSON text, got dict") as info:
+        read_human_votes(table, MELT_LABEL_SET)
+    assert info.value.row == 2
 
 
 def test_a_corpus_without_human_votes_is_an_error():

@@ -94,7 +94,7 @@ def ambiguity_command(
         )
     except OSError as exc:
         raise MeltError(
-            f"cannot write the outputs ({exc.strerror or exc})", file=exc.filename or out
+            f"cannot write the outputs ({exc.strerror or exc})", file=exc.filename2 or exc.filename or out
         ) from exc
     print_summary(summary)
     Console(highlight=False).print(f"report: {(out / 'report.html').resolve()}")

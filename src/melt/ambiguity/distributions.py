@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -111,18 +112,26 @@ def read_human_votes(table: pd.DataFrame, labels: LabelSet, *, source: str | Pat
             f"corpus); found {list(table.columns)}",
             file=source,
         )
+    for row, value in enumerate(table[VOTES], start=1):
+        if not (isinstance(value, str) or value is None or value is pd.NA or _is_nan(value)):
+            raise MeltError(
+                f"votes must be JSON text, got {type(value).__name__}", file=source, row=row, column=VOTES
+            )
     try:
         parsed = votes_of(table)
     except ValueError:
         parsed = [_parse_row(value, row, source) for row, value in enumerate(table[VOTES], start=1)]
     known = list(labels.labels)
     position = {label: i for i, label in enumerate(known)}
+    normalise_label = _cached_normalize(labels)
     items: list[int] = []
     raters: list[str] = []
     weights: list[np.ndarray] = []
     counts = Counter()
     off_set: Counter = Counter()
     for row, votes in enumerate(parsed):
+        if votes is None:  # JSON null: no votes, like {}
+            votes = {}
         if not isinstance(votes, dict):
             raise MeltError(
                 f"votes must be a JSON object {{rater: {{label: weight}}}}, got {type(votes).__name__}",
@@ -144,7 +153,7 @@ def read_human_votes(table: pd.DataFrame, labels: LabelSet, *, source: str | Pat
                 counts["raters_renormalised"] += 1
             vector = np.zeros(len(known))
             for label, share in shares.items():
-                name = labels.normalize(label) or "<empty>"
+                name = normalise_label(label) or "<empty>"
                 if name in position:
                     vector[position[name]] += share / total
                 else:
@@ -194,6 +203,24 @@ def read_human_votes(table: pd.DataFrame, labels: LabelSet, *, source: str | Pat
             "off_set_labels": dict(off_set.most_common()),
         },
     )
+
+
+def _cached_normalize(labels: LabelSet) -> Callable[[object], str | None]:
+    """`labels.normalize`, remembered per distinct text: a corpus repeats a handful of labels many times."""
+    seen: dict[object, str | None] = {}
+
+    def normalize(label: object) -> str | None:
+        if label is None or label is pd.NA or _is_nan(label):
+            return None
+        if label not in seen:
+            seen[label] = labels.normalize(label)
+        return seen[label]
+
+    return normalize
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _parse_row(value: object, row: int, source: str | Path) -> object:
@@ -271,7 +298,8 @@ def read_panel_votes(path: str | Path, ids: np.ndarray, labels: LabelSet) -> Pan
             row=row + 1,
         )
     status = votes["status"].astype("string").fillna("<missing>").to_numpy()
-    normalised = [labels.normalize(v) for v in votes["label"]]
+    normalise_label = _cached_normalize(labels)
+    normalised = [normalise_label(v) for v in votes["label"]]
     position_of_label = {label: i for i, label in enumerate(labels.labels)}
     position_of_id = {key: i for i, key in enumerate(ids)}
     annotators = sorted(set(annotator_keys), key=_annotator_order)

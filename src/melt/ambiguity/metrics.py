@@ -56,10 +56,9 @@ def _pair(predicted: object, reference: object) -> tuple[np.ndarray, np.ndarray]
 
 def _plogp_ratio(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """p · log2(p / q) elementwise, 0 where p = 0 (the limit), for q > 0 wherever p > 0."""
-    out = np.zeros_like(p)
     positive = p > 0
-    out[positive] = p[positive] * np.log2(p[positive] / q[positive])
-    return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(positive, p * np.log2(np.where(positive, p, 1) / np.where(positive, q, 1)), 0.0)
 
 
 def jensen_shannon(predicted: object, reference: object) -> np.ndarray:

@@ -49,8 +49,8 @@ def notes(result: AmbiguityResult) -> list[str]:
         )
     if human["utterances_without_votes_in_set"]:
         out.append(
-            f"{human['utterances_without_votes_in_set']} utterance(s) have human votes only outside the label set: "
-            "left out of ambiguity, tertiles and scoring."
+            f"{human['utterances_without_votes_in_set']} utterance(s) have human votes but none on the label set "
+            "(labels outside it, or no weight): left out of ambiguity, tertiles and scoring."
         )
     if human["votes_off_set"]:
         out.append(
