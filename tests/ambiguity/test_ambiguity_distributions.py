@@ -204,3 +204,21 @@ def test_bad_panel_files_are_errors(tmp_path):
     panel_frame([("x", 0, "p", 0.1, "joy", "ok", None)]).to_parquet(path)
     with pytest.raises(MeltError, match="none of the 1 ids in the votes is in the corpus"):
         read_panel_votes(path, ids, MELT_LABEL_SET)
+
+
+def test_api_tables_are_checked_like_files():
+    with pytest.raises(MeltError, match="duplicate id 'a'"):
+        read_human_votes(corpus([{"r": "joy"}, {"r": "joy"}], ids=["a", "a"]), MELT_LABEL_SET)
+    with pytest.raises(MeltError, match=r"missing column\(s\) \['id'\]"):
+        read_human_votes(pd.DataFrame({"votes": ['{"r": "joy"}']}), MELT_LABEL_SET)
+
+
+def test_panel_without_optional_columns_or_with_odd_temperatures(tmp_path):
+    path = tmp_path / "votes.csv"
+    pd.DataFrame(
+        {"id": ["u0", "u0"], "annotator": [1, 2], "label": ["joy", "anger"], "status": ["ok", "ok"],
+         "temperature": ["hot", "0.5"]}
+    ).to_csv(path, index=False)  # fmt: skip
+    panel = read_panel_votes(path, np.array(["u0"]), MELT_LABEL_SET)
+    assert panel.temperatures == {"2": 0.5} and panel.personas == {}
+    assert panel.sums()[0, K["joy"]] == 1 and panel.sums()[0, K["anger"]] == 1

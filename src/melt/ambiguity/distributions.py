@@ -21,7 +21,7 @@ import pandas as pd
 
 from melt.ambiguity.metrics import normalised_entropy
 from melt.corpus.labels import LabelSet
-from melt.corpus.schema import VOTES, read_any, votes_of
+from melt.corpus.schema import VOTES, check_ids, read_any, require_columns, votes_of
 from melt.errors import MeltError
 
 TERTILES: tuple[str, ...] = ("low", "medium", "high")
@@ -106,6 +106,8 @@ def read_human_votes(table: pd.DataFrame, labels: LabelSet, *, source: str | Pat
     anger and an off-set label adds ½ to anger. A MeltError names the row of malformed JSON or a bad weight; a
     table without any human vote is a MeltError too: ambiguity is defined by the human votes.
     """
+    require_columns(table, ["id"], source=source, purpose="matching votes to utterances")
+    check_ids(table, source=source)
     if VOTES not in table.columns:
         raise MeltError(
             f"no {VOTES!r} column: melt ambiguity needs per-rater human votes (e.g. from an IEMOCAP-layout "
@@ -335,7 +337,10 @@ def read_panel_votes(path: str | Path, ids: np.ndarray, labels: LabelSet) -> Pan
     in_panel[[position_of_id[v] for v in set(vote_ids) if v in position_of_id]] = True
     valid_per_item = (choice >= 0).sum(axis=1)
     personas = _first_per_annotator(votes, annotator_keys, "persona")
-    temperatures = _first_per_annotator(votes, annotator_keys, "temperature")
+    temperatures = {}
+    if "temperature" in votes.columns:  # reported only; a value that is not a number is left out
+        numeric = votes.assign(temperature=pd.to_numeric(votes["temperature"], errors="coerce"))
+        temperatures = _first_per_annotator(numeric, annotator_keys, "temperature")
     return PanelVotes(
         annotators=annotators,
         choice=choice,
