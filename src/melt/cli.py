@@ -13,6 +13,7 @@ from rich.console import Console
 
 from melt import __version__
 from melt.acoustics.cli import acoustics_app, audio_app
+from melt.ambiguity.cli import ambiguity_command
 from melt.analysis.cli import compare_command
 from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
@@ -53,6 +54,7 @@ app.command("annotate")(annotate_command)
 app.add_typer(audio_app, name="audio")
 app.add_typer(acoustics_app, name="acoustics")
 app.command("demo")(demo_command)
+app.command("ambiguity")(ambiguity_command)
 
 
 def main() -> None:
