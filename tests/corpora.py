@@ -210,7 +210,7 @@ def make_tess(root: Path, clips: Sequence[TessClip], speech: Speech) -> pd.DataF
         folder = clip.folder or f"{clip.speaker}_{TESS_FOLDERS.get(clip.emotion, clip.emotion)}"
         name = f"{clip.speaker}_{clip.word}_{clip.emotion}"
         wav = speech.wav(Path(root) / folder / f"{name}.wav", f"Say the word {clip.word}", clip.prosody)
-        built.append({"name": name, "wav": wav, **asdict(clip)})
+        built.append({**asdict(clip), "name": name, "wav": wav})
     return pd.DataFrame(built)
 
 
@@ -257,7 +257,7 @@ def make_ravdess(root: Path, clips: Sequence[RavdessClip], speech: Speech) -> pd
         name = "-".join(f"{p:02d}" for p in parts)
         wav = Path(root) / f"Actor_{clip.actor:02d}" / f"{name}.wav"
         speech.wav(wav, RAVDESS_SENTENCES[clip.statement], clip.prosody)
-        built.append({"name": name, "wav": wav, **asdict(clip)})
+        built.append({**asdict(clip), "name": name, "wav": wav})
     return pd.DataFrame(built)
 
 
@@ -310,7 +310,7 @@ def make_cremad(
         wav = speech.wav(
             root / "AudioWAV" / f"{name}.wav", CREMAD_SENTENCES.get(clip.sentence, "Hello."), clip.prosody
         )
-        built.append({"name": name, "wav": wav, **asdict(clip)})
+        built.append({**asdict(clip), "name": name, "wav": wav})
         for rater, answer, query_type in clip.responses:
             position = len(responses) + 1
             # R's row name, localid, pos, ans, ttr, queryType, numTries, clipNum, questNum, subType, clipName,
@@ -372,7 +372,7 @@ def make_msppodcast(
         )
         consensus.append([f"{name}.wav", *values])
         annotations += [(f"{name}.wav", worker, primary) for worker, primary in clip.annotations]
-        built.append({"name": name, "wav": wav, **asdict(clip)})
+        built.append({**asdict(clip), "name": name, "wav": wav})
     labels = root / "Labels"
     labels.mkdir(parents=True, exist_ok=True)
     columns = ["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"]
