@@ -83,6 +83,7 @@ def _check_mapping(columns: Mapping[str, str], file_columns: list[str], source: 
                 file=source,
             )
         used[file_col] = schema_col
+    for schema_col, file_col in columns.items():
         if schema_col != file_col and schema_col in file_columns and schema_col not in columns.values():
             raise MeltError(
                 f"cannot map {file_col!r} onto {schema_col!r}: the file already has a column {schema_col!r} "
