@@ -26,6 +26,7 @@ def describe_table(table: pd.DataFrame, *, source: str | Path = "<table>") -> di
         "speakers": int(table["speaker"].nunique()),
         "speakers_missing": int(table["speaker"].isna().sum()),
         "hours": round(float(duration.sum()) / 3600, 4),
+        "duration_sources": _counts(table["duration_source"]),
         "corpora": _counts(table["corpus"]),
         "gender": _counts(table["gender"]),
         "duration": _duration_summary(duration, missing=int(table["duration"].isna().sum())),
@@ -159,7 +160,14 @@ def print_description(description: dict, console) -> None:
     duration = description["duration"]
     console.print(
         f"{description['utterances']} utterances, {description['speakers']} speakers, "
-        f"{description['hours']:.2f} hours of audio"
+        f"{description['hours']:.2f} hours"
+        + (
+            " (durations from "
+            + ", ".join(f"{k} {v}" for k, v in description["duration_sources"].items())
+            + ")"
+            if description["duration_sources"]
+            else ""
+        )
         + (
             f"; duration {duration['min']:.2f}-{duration['max']:.2f} s (median {duration['median']:.2f})"
             if duration["known"]
