@@ -297,9 +297,11 @@ def _iemocap_evaluation(path: Path) -> list[dict]:
         elif match := _RATER_LINE.match(line):
             if not utterances:
                 raise MeltError(f"line {number}: rater line before any utterance line", file=path)
-            body = re.sub(r"\([^)]*\)\s*$", "", match.group(2))
+            # Labels never hold "(": the rater's comment starts there and may hold ";" and nested brackets.
+            body = match.group(2).split("(", 1)[0]
             labels = [rater_label(part) for part in body.split(";") if part.strip()]
-            utterances[-1]["raters"][match.group(1)] = [label for label in labels if label]
+            # A rater listed twice still weighs one, split over everything they said.
+            utterances[-1]["raters"].setdefault(match.group(1), []).extend(label for label in labels if label)
     return utterances
 
 
@@ -602,6 +604,7 @@ def load_msppodcast(root: str | Path, *, progress: bool = False) -> pd.DataFrame
     transcripts = root / "Transcripts"
     rows = []
     untranscribed = 0
+    first_row: dict[str, int] = {}
     for position, record in enumerate(table.to_dict("records")):
         row = position + 1
         file_name = str(record["FileName"]).strip() if pd.notna(record["FileName"]) else ""
@@ -610,6 +613,14 @@ def load_msppodcast(root: str | Path, *, progress: bool = False) -> pd.DataFrame
         if not Path(file_name).suffix:
             file_name += ".wav"
         name = Path(file_name).stem
+        if name in first_row:
+            raise MeltError(
+                f"{file_name} is listed twice (first at row {first_row[name]})",
+                file=consensus,
+                row=row,
+                column="FileName",
+            )
+        first_row[name] = row
         code = str(record["EmoClass"]).strip() if pd.notna(record["EmoClass"]) else ""
         mapped = corpus_label("msppodcast", code)
         if mapped is None:
@@ -673,7 +684,7 @@ def _number(record: dict, column: str, source: Path, row: int) -> float | None:
 
 def _msp_detailed(path: Path) -> dict[str, dict[str, list[str]]]:
     """{utterance: {worker: [primary emotion]}} from labels_detailed.csv (either published form)."""
-    table = read_any(path)
+    table = read_any(path, allow_no_rows=True)
     if "FileName" not in table.columns:
         raise MeltError(f"missing column 'FileName'; found {list(table.columns)}", file=path)
     worker_column = next((c for c in MSP_WORKER_COLUMNS if c in table.columns), None)

@@ -213,8 +213,11 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
-def read_any(path: str | Path, *, dtype: dict[str, str] | None = None) -> pd.DataFrame:
-    """Read a CSV or Parquet file with clear errors for a missing, empty, binary or non-UTF-8 file."""
+def read_any(
+    path: str | Path, *, dtype: dict[str, str] | None = None, allow_no_rows: bool = False
+) -> pd.DataFrame:
+    """Read a CSV or Parquet file with clear errors for a missing, empty, binary or non-UTF-8 file (and for a
+    header without rows, unless `allow_no_rows`)."""
     path = Path(path)
     if not path.exists():
         raise MeltError("file not found", file=path)
@@ -246,7 +249,7 @@ def read_any(path: str | Path, *, dtype: dict[str, str] | None = None) -> pd.Dat
         raise MeltError("file has no header or rows", file=path) from exc
     except pd.errors.ParserError as exc:
         raise MeltError(f"malformed CSV ({exc})", file=path) from exc
-    if table.empty:
+    if table.empty and not allow_no_rows:
         raise MeltError("file has a header but no rows", file=path)
     return table
 
