@@ -42,7 +42,7 @@ def assign_folds(
             column=by,
         )
     rng = np.random.default_rng(seed)
-    names = sorted(sizes.index)
+    names = sorted(sizes.index, key=_natural)
     shuffled = [names[i] for i in rng.permutation(len(names))]
     # Stable sort keeps the seeded order among equal sizes.
     order = sorted(shuffled, key=lambda name: -int(sizes[name]))
@@ -52,7 +52,7 @@ def assign_folds(
         target = min(range(k), key=lambda fold: (load[fold], fold))
         load[target] += int(sizes[name])
         members[target].append(name)
-    numbering = sorted(range(k), key=lambda fold: min(members[fold]))
+    numbering = sorted(range(k), key=lambda fold: min(_natural(name) for name in members[fold]))
     fold_of = {name: numbering.index(fold) + 1 for fold in range(k) for name in members[fold]}
     return pd.Series(
         [fold_of.get(g) if pd.notna(g) else pd.NA for g in groups], index=table.index, dtype="Int64"

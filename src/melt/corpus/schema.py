@@ -257,7 +257,8 @@ def read_any(
 def _check_first_row(text: str, path: Path) -> None:
     """pandas reads a first row with more fields than the header as if the extra leading fields were an index,
     silently shifting every column; later rows like that already fail to parse. Refuse it instead."""
-    rows = (row for row in csv.reader(io.StringIO(text)) if row)
+    # The head suffices: a cut-off row can only look shorter than it is, never longer.
+    rows = (row for row in csv.reader(io.StringIO(text[:1_000_000])) if row)
     try:
         header = next(rows, None)
         first = next(rows, None)
