@@ -21,7 +21,7 @@ import pandas as pd
 
 from melt.corpus.audio_files import measure
 from melt.corpus.folds import assign_folds, default_k
-from melt.corpus.labels import corpus_label, rater_label
+from melt.corpus.labels import CORPUS_LABELS, corpus_label, rater_label
 from melt.corpus.schema import conform, rater_votes, read_any, votes_json
 from melt.errors import MeltError
 
@@ -236,7 +236,7 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
             if mapped is None:
                 raise MeltError(
                     f"line {utterance['line']}: unknown IEMOCAP label {utterance['label']!r} "
-                    f"(known: {', '.join(_iemocap_labels())})",
+                    f"(known: {', '.join(CORPUS_LABELS['iemocap'])})",
                     file=evaluation,
                 )
             original, label = mapped
@@ -278,12 +278,6 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
     # Position in the dialogue by start time, for prompts that show the turns before an utterance.
     table["utterance_id"] = table.groupby("dialogue")["start"].rank(method="first").astype(int) - 1
     return _finish(table.to_dict("records"), "iemocap", root, notes, fold_by="session", progress=progress)
-
-
-def _iemocap_labels() -> list[str]:
-    from melt.corpus.labels import CORPUS_LABELS
-
-    return list(CORPUS_LABELS["iemocap"])
 
 
 def _iemocap_evaluation(path: Path) -> list[dict]:
