@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from melt import __version__
 from melt.acoustics.cli import acoustics_app, audio_app
@@ -61,7 +62,8 @@ def main() -> None:
     try:
         app()
     except MeltError as exc:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        # Escaped: messages quote user input and formats such as "[start - end]", which are not markup.
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 
