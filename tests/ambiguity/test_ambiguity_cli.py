@@ -128,11 +128,11 @@ def one_line_error(result, *fragments):
         (lambda t: t.assign(votes="{}"), ["no human votes on the label set in any of the 12 rows"]),
         (
             lambda t: t.assign(votes=['{"a": "joy"}'] * 11 + ['{"a": joy}']),
-            ["row 12", "'votes'", "not valid JSON"],
+            ["row 12", "'votes'", "votes must be JSON"],
         ),
         (
             lambda t: t.assign(votes=['{"a": {"joy": -1}}'] * 12),
-            ["row 1", "weight -1 is not a finite number"],
+            ["row 1", "must be a finite number >= 0, found -1"],
         ),
     ],
 )

@@ -81,11 +81,11 @@ def test_weights_not_summing_to_one_are_rescaled_and_counted():
 @pytest.mark.parametrize(
     ("votes", "message"),
     [
-        ('{"r1": "anger",', "not valid JSON"),
-        ('["anger", "joy"]', "must be a JSON object"),
+        ('{"r1": "anger",', "votes must be JSON"),
+        ('["anger", "joy"]', "expected an object"),
         ('{"r1": ["anger", "joy"]}', "expected a label or"),
-        ('{"r1": {"anger": -1}}', "is not a finite number"),
-        ('{"r1": {"anger": "1"}}', "is not a finite number"),
+        ('{"r1": {"anger": -1}}', "must be a finite number"),
+        ('{"r1": {"anger": "1"}}', "must be a finite number"),
     ],
 )
 def test_malformed_votes_name_the_row(votes, message):

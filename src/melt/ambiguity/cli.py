@@ -68,7 +68,7 @@ def ambiguity_command(
     from melt.ambiguity.config import AmbiguityConfig
     from melt.ambiguity.evaluate import analyse_ambiguity
     from melt.ambiguity.report import write_ambiguity
-    from melt.corpus.schema import read_table
+    from melt.corpus.schema import VOTES, conform, read_any
 
     config = AmbiguityConfig.load(
         config_file,
@@ -78,7 +78,14 @@ def ambiguity_command(
         seeds=_seeds(seeds),
         saturation_draws=saturation_draws,
     )
-    table = read_table(corpus)
+    raw = read_any(corpus)
+    if VOTES not in raw.columns:  # checked before conform() adds an empty votes column
+        raise MeltError(
+            f"no {VOTES!r} column: melt ambiguity needs per-rater human votes (e.g. from an IEMOCAP-layout "
+            f"corpus); found {list(raw.columns)}",
+            file=corpus,
+        )
+    table = conform(raw, source=corpus)
     try:  # before the work, so an unusable folder is reported at once
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

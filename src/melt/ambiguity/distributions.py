@@ -8,7 +8,6 @@ of the votes for c divided by the weight of all the utterance's votes in the set
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -114,15 +113,7 @@ def read_human_votes(table: pd.DataFrame, labels: LabelSet, *, source: str | Pat
             f"corpus); found {list(table.columns)}",
             file=source,
         )
-    for row, value in enumerate(table[VOTES], start=1):
-        if not (isinstance(value, str) or value is None or value is pd.NA or _is_nan(value)):
-            raise MeltError(
-                f"votes must be JSON text, got {type(value).__name__}", file=source, row=row, column=VOTES
-            )
-    try:
-        parsed = votes_of(table)
-    except ValueError:
-        parsed = [_parse_row(value, row, source) for row, value in enumerate(table[VOTES], start=1)]
+    parsed = votes_of(table, source=source)
     known = list(labels.labels)
     position = {label: i for i, label in enumerate(known)}
     normalise_label = _cached_normalize(labels)
@@ -132,21 +123,11 @@ def read_human_votes(table: pd.DataFrame, labels: LabelSet, *, source: str | Pat
     counts = Counter()
     off_set: Counter = Counter()
     for row, votes in enumerate(parsed):
-        if votes is None:  # JSON null: no votes, like {}
-            votes = {}
-        if not isinstance(votes, dict):
-            raise MeltError(
-                f"votes must be a JSON object {{rater: {{label: weight}}}}, got {type(votes).__name__}",
-                file=source,
-                row=row + 1,
-                column=VOTES,
-            )
         if not votes:
             counts["utterances_without_votes"] += 1
             continue
         kept_any = False
-        for rater, vote in votes.items():
-            shares = _rater_shares(vote, row, rater, source)
+        for rater, shares in votes.items():
             total = sum(shares.values())
             if total <= 0:
                 counts["raters_without_weight"] += 1
@@ -223,46 +204,6 @@ def _cached_normalize(labels: LabelSet) -> Callable[[object], str | None]:
 
 def _is_nan(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)
-
-
-def _parse_row(value: object, row: int, source: str | Path) -> object:
-    if not isinstance(value, str) or not value.strip():
-        return {}
-    try:
-        return json.loads(value)
-    except ValueError as exc:
-        raise MeltError(f"votes are not valid JSON ({exc})", file=source, row=row, column=VOTES) from exc
-
-
-def _rater_shares(vote: object, row: int, rater: str, source: str | Path) -> dict[str, float]:
-    """A rater's {label: weight}; the older {rater: "label"} form weighs 1."""
-    if isinstance(vote, str):
-        return {vote: 1.0}
-    if vote is None:
-        return {}
-    if not isinstance(vote, dict):
-        raise MeltError(
-            f"rater {rater!r}: expected a label or {{label: weight}}, got {json.dumps(vote)}",
-            file=source,
-            row=row + 1,
-            column=VOTES,
-        )
-    shares = {}
-    for label, weight in vote.items():
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not math.isfinite(weight)
-            or weight < 0
-        ):
-            raise MeltError(
-                f"rater {rater!r}, label {label!r}: weight {json.dumps(weight)} is not a finite number ≥ 0",
-                file=source,
-                row=row + 1,
-                column=VOTES,
-            )
-        shares[label] = float(weight)
-    return shares
 
 
 def read_panel_votes(path: str | Path, ids: np.ndarray, labels: LabelSet) -> PanelVotes:

@@ -150,9 +150,15 @@ def votes_of(table: pd.DataFrame, *, source: str | Path = "<table>") -> list[dic
         if cell is None or cell is pd.NA or (isinstance(cell, float) and math.isnan(cell)) or cell == "":
             out.append({})
             continue
+        if not isinstance(cell, str):
+            raise MeltError(
+                f"votes must be JSON text, got {type(cell).__name__}",
+                file=source,
+                row=position + 1,
+                column=VOTES,
+            )
         try:
-            raw = json.loads(cell) if isinstance(cell, str) else cell
-            out.append(_parse_votes(raw))
+            out.append(_parse_votes(json.loads(cell)))
         except (ValueError, TypeError) as exc:
             raise MeltError(
                 f"votes must be JSON {{rater: {{label: weight}}}} ({exc})",
@@ -164,6 +170,8 @@ def votes_of(table: pd.DataFrame, *, source: str | Path = "<table>") -> list[dic
 
 
 def _parse_votes(raw: object) -> dict[str, dict[str, float]]:
+    if raw is None:  # JSON null: no votes, like {}
+        return {}
     if not isinstance(raw, dict):
         raise TypeError(f"expected an object, found {type(raw).__name__}")
     votes: dict[str, dict[str, float]] = {}
@@ -171,13 +179,16 @@ def _parse_votes(raw: object) -> dict[str, dict[str, float]]:
         if isinstance(value, str):
             votes[str(rater)] = {value: 1.0}
             continue
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             raise TypeError(f"rater {rater!r}: expected a label or {{label: weight}}, found {value!r}")
         weights = {}
         for label, weight in value.items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+            # A weight of 0 is kept (a rater who gave nothing); readers count such raters.
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
                 raise ValueError(
-                    f"rater {rater!r}: weight of {label!r} must be a positive number, found {weight!r}"
+                    f"rater {rater!r}: weight of {label!r} must be a finite number >= 0, found {weight!r}"
                 )
             weights[str(label)] = float(weight)
         votes[str(rater)] = weights
