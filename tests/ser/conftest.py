@@ -48,6 +48,9 @@ def _tiny(kind: str, folder: Path) -> Path:
     else:  # like wavlm-base-plus: layer-norm CNN, attention mask, no normalisation
         model = WavLMModel(WavLMConfig(**common, feat_extract_norm="layer", do_stable_layer_norm=True))
         extractor = Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=True)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
     path = folder / f"tiny-{kind}"
     model.save_pretrained(path)
     extractor.save_pretrained(path)
@@ -78,3 +81,14 @@ def emotion_corpora(tmp_path_factory) -> EmotionCorpora:
         test_dir, corpus="espeak_b", voices=TEST_VOICES, per_emotion=3, seed=2, split="test"
     )
     return EmotionCorpora(train, test, train_dir / "corpus.parquet", test_dir / "corpus.parquet")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared 2-core machine run several times faster on one thread than on two busy ones."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

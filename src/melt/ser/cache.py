@@ -180,7 +180,7 @@ class FeatureCache:
                     keys = [str(k) for k in data["keys"]]
                     samples = data["samples"]
                     shape = data["pooled"].shape
-            except (OSError, ValueError, KeyError) as exc:
+            except Exception as exc:  # numpy and zipfile raise several unrelated types for a damaged file
                 raise MeltError(
                     f"unreadable feature shard ({exc}); delete it and rerun `melt ser features` to recompute "
                     "its utterances",
@@ -240,8 +240,11 @@ class FeatureCache:
             shard, row = self._where[key]
             by_shard.setdefault(shard, []).append((position, row))
         for shard, pairs in by_shard.items():
-            with np.load(shard, allow_pickle=False) as data:
-                pooled = data["pooled"]
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    pooled = data["pooled"]
+            except Exception as exc:  # changed on disk since the index was read
+                raise MeltError(f"unreadable feature shard ({exc}); delete it and rerun", file=shard) from exc
             positions, rows = zip(*pairs, strict=True)
             out[list(positions)] = pooled[list(rows)]
         return out

@@ -15,7 +15,7 @@ ser_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_console = Console(highlight=False)
+_console = Console(highlight=False, soft_wrap=True)
 _errors = Console(stderr=True, highlight=False)
 
 
@@ -72,6 +72,9 @@ def features_command(
     batch_seconds: float = typer.Option(
         60.0, "--batch-seconds", min=1.0, help="Padded audio per batch, in seconds (memory per forward pass)."
     ),
+    files_per_shard: int = typer.Option(
+        64, "--files-per-shard", min=1, help="Files per shard written: an interruption loses at most these."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Per utterance and layer, the backbone's mean-pooled hidden state, cached by audio content.
@@ -99,6 +102,7 @@ def features_command(
             crops=crops,
             crop_rows=crop_rows,
             batch_seconds=batch_seconds,
+            files_per_shard=files_per_shard,
             progress=not quiet,
         )
     have = len(table) - len(result.problems)

@@ -305,6 +305,7 @@ def run_experiment(
                                 root=train_base,
                                 validation_speakers=validation_speakers,
                                 device=device,
+                                plots_too=False,
                                 progress=progress,
                             )
                         model = trained[key]
@@ -524,6 +525,7 @@ def _in_domain_run(
             settings=settings,
             root=base,
             device=device,
+            plots_too=False,
             progress=progress,
         )
         evaluation = evaluate_model(
@@ -611,6 +613,7 @@ def paired_comparisons(
         "ci_low",
         "ci_high",
         "p_value",
+        "p_randomisation",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -718,8 +721,10 @@ def _report(out: Path, results, comparison, table: pd.DataFrame, layer_weights, 
             [
                 "diff = mean over seeds of UAR(labels_a) − UAR(labels_b) on the same test utterances. 95 % CI: paired "
                 "bootstrap over test utterances (one resample for both sources and every seed, percentile interval). "
-                "p-value: paired approximate randomisation (the two sources' predictions swapped per utterance at "
-                "random), two-sided.",
+                "p_value: the same bootstrap shifted to the null, two-sided (agrees with the interval). "
+                "p_randomisation: paired approximate randomisation (the two sources' predictions swapped per "
+                "utterance at random), two-sided; more conservative when the sources disagree on many utterances "
+                "in both directions.",
             ],
             tables={"comparison.csv": shown_comparison},
         ),

@@ -185,6 +185,7 @@ def finetune_model(
             parameters=parameters,
             eval_batch_size=4,
             device=ssl.device,
+            cpu_threads=None,
             progress=progress,
             description=f"Fine-tuning ({labels})",
         )

@@ -67,7 +67,7 @@ def layer_weights(
 def confusion(matrix: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Counts with the reference (true label) as rows and the prediction as columns, recall shaded."""
     counts = matrix.to_numpy()
-    figure = _figure(1.2 + 0.6 * counts.shape[1], 1.0 + 0.55 * counts.shape[0])
+    figure = _figure(max(4.2, 1.4 + 0.6 * counts.shape[1]), max(3.2, 1.2 + 0.55 * counts.shape[0]))
     axes = figure.add_subplot()
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = counts / counts.sum(axis=1, keepdims=True)
