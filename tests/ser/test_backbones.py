@@ -119,3 +119,24 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(tiny_backbones):
         pytest.skip("this machine has a GPU")
     with pytest.raises(MeltError, match="no CUDA GPU"):
         load_backbone(tiny_backbones["wavlm"], device="cuda")
+
+
+def test_long_signals_are_pooled_over_windows(tiny_backbones, signals, monkeypatch):
+    """Attention memory grows with the square of the length, so a signal over MAX_SECONDS is cut into
+    near-equal windows and its vector is their frame-weighted mean."""
+    import melt.ser.backbones as backbones
+
+    backbone = load_backbone(tiny_backbones["wavlm"], device="cpu")
+    long = signals[2]
+    monkeypatch.setattr(backbones, "MAX_SECONDS", 1)
+    windows = np.array_split(long, -(-len(long) // 16000))
+    assert len(windows) >= 2
+    pooled = backbone.pooled([signals[0][:12000], long])
+    means, frames = zip(*(backbone._pooled_batch([w]) for w in windows), strict=True)
+    weights = np.concatenate(frames) / np.concatenate(frames).sum()
+    np.testing.assert_allclose(
+        pooled[1], np.tensordot(weights, np.concatenate(means), axes=1), rtol=1e-4, atol=1e-5
+    )
+    monkeypatch.setattr(backbones, "MAX_SECONDS", 60)
+    whole = backbone.pooled([long])[0]
+    assert not np.allclose(pooled[1], whole, atol=1e-4)  # windows are an approximation, used only when needed

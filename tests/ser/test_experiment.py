@@ -248,3 +248,29 @@ def test_finetune_on_cpu_for_one_epoch(emotion_corpora, tiny_backbones, tmp_path
     evaluation = evaluate_model(tmp_path / "ft", None, emotion_corpora.test, tmp_path / "eval", device="cpu")
     assert evaluation.metrics["n"] == 18 and 0 <= evaluation.metrics["uar"] <= 1
     assert os.path.isfile(tmp_path / "eval" / "predictions.csv")
+
+
+def test_a_rerun_with_other_settings_recomputes_and_the_same_settings_reuse(experiment_inputs, tmp_path):
+    from melt.ser.experiment import ExperimentConfig, run_experiment
+
+    config = _config(
+        experiment_inputs, ["egemaps"], seeds=[0], in_domain=False, test={"three": "test_three.parquet"}
+    )
+    out = tmp_path / "out"
+    first = run_experiment(ExperimentConfig.load(config), out, progress=False)
+    run_json = next((out / "runs").rglob("run.json"))
+    stamp = run_json.stat().st_mtime_ns
+    run_experiment(ExperimentConfig.load(config), out, progress=False)
+    assert run_json.stat().st_mtime_ns == stamp
+    changed = run_experiment(ExperimentConfig.load(config, epochs=5), out, progress=False)
+    assert run_json.stat().st_mtime_ns != stamp
+    assert json.loads(run_json.read_text())["key"] != ""
+    assert len(changed.results) == len(first.results) == 2
+
+    single = experiment_inputs / "test_single.parquet"
+    pd.read_parquet(experiment_inputs / "test_three.parquet").query("label == 'anger'").to_parquet(single)
+    one_class = _config(experiment_inputs, ["egemaps"], test={"anger_only": "test_single.parquet"})
+    from melt.errors import MeltError
+
+    with pytest.raises(MeltError, match="single class"):
+        run_experiment(ExperimentConfig.load(one_class), tmp_path / "o", progress=False)

@@ -30,6 +30,8 @@ from melt.acoustics.audio import SAMPLE_RATE
 from melt.errors import MeltError
 
 EGEMAPS = "egemaps"
+#: Longer signals are pooled over windows of at most this length (see `HuggingFaceBackbone.pooled`).
+MAX_SECONDS = 60
 
 #: The paper's four backbones (MELT §4.2.1), all loadable by these names where the hub is reachable.
 PAPER_BACKBONES: dict[str, str] = {
@@ -181,18 +183,42 @@ class HuggingFaceBackbone(Backbone):
         return states, self.frame_mask(sample_lengths, states.shape[2])
 
     def pooled(self, signals: list[np.ndarray]) -> np.ndarray:
-        torch = self._torch
+        # A signal longer than MAX_SECONDS runs as near-equal windows, one forward pass each, and its vector is
+        # the frame-weighted mean of theirs: attention memory grows with the square of the length.
+        limit = MAX_SECONDS * SAMPLE_RATE
+        pieces: list[np.ndarray] = []
+        owner: list[int] = []
+        long: list[int] = []
+        for i, s in enumerate(signals):
+            if len(s) <= limit:
+                pieces.append(s)
+                owner.append(i)
+            else:
+                long.append(i)
         out = np.empty((len(signals), self.num_layers, self.dim), dtype=np.float32)
-        # without exact padding, only equal lengths share a forward pass
+        if pieces:
+            out[owner] = self._pooled_batch(pieces)[0]
+        for i in long:
+            windows = np.array_split(signals[i], -(-len(signals[i]) // limit))
+            means, frames = zip(*(self._pooled_batch([w]) for w in windows), strict=True)
+            weights = np.concatenate(frames).astype(np.float64)
+            out[i] = np.tensordot(weights / weights.sum(), np.concatenate(means), axes=1)
+        return out
+
+    def _pooled_batch(self, signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled [B, layers, dim], valid frames [B]); without exact padding only equal lengths share a pass."""
+        out = np.empty((len(signals), self.num_layers, self.dim), dtype=np.float32)
+        counts = np.empty(len(signals), dtype=np.int64)
         groups: dict[int, list[int]] = {}
         for i, s in enumerate(signals):
             groups.setdefault(0 if self.can_pad() else len(s), []).append(i)
-        with torch.inference_mode():
+        with self._torch.inference_mode():
             for members in groups.values():
                 values, mask = self.batch_inputs([signals[i] for i in members])
                 states, frames = self.hidden_states(values, mask)
                 out[members] = masked_mean(states, frames).float().cpu().numpy()
-        return out
+                counts[members] = frames.sum(dim=1).cpu().numpy()
+        return out, counts
 
 
 def masked_mean(states, frame_mask):

@@ -35,7 +35,7 @@ from melt import __version__
 from melt.acoustics.audio import SAMPLE_RATE, AudioError, read_audio
 from melt.corpus.schema import atomic_write, write_table
 from melt.errors import MeltError
-from melt.ser.backbones import Backbone
+from melt.ser.backbones import MAX_SECONDS, Backbone
 
 MANIFEST = "manifest.json"
 HASHES = "audio_hashes.parquet"
@@ -45,6 +45,10 @@ POOLED = "pooled"
 CACHE_FORMAT = 1
 #: The paper crops or pads training audio to 5 s.
 CROP_SECONDS = 5.0
+#: How an utterance becomes one vector per layer (part of a cache's identity).
+POOLING = (
+    f"mean over valid frames, per layer; utterances over {MAX_SECONDS} s: frame-weighted mean of windows"
+)
 #: Settings that must match for two extractions to share a cache.
 IDENTITY_KEYS = (
     "format",
@@ -122,7 +126,7 @@ class FeatureCache:
             "num_layers": backbone.num_layers,
             "dim": backbone.dim,
             "sample_rate": SAMPLE_RATE,
-            "pooling": "mean over valid frames, per layer",
+            "pooling": POOLING,
             "crop_seconds": float(crop_seconds),
             "crop_seed": int(crop_seed),
             "melt_version": __version__,
@@ -415,6 +419,8 @@ def extract_features(
         raise MeltError(f"--crops must be 0 or more, got {crops}")
     if batch_seconds <= 0:
         raise MeltError(f"--batch-seconds must be positive, got {batch_seconds}")
+    if "audio" not in table.columns:
+        raise MeltError(f"the corpus table has no `audio` column (columns: {list(table.columns)})")
     table = table.reset_index(drop=True)
     ids = table["id"].astype(str).tolist() if "id" in table.columns else [str(i) for i in range(len(table))]
     paths = audio_paths(table, Path(root))

@@ -146,6 +146,7 @@ class ExperimentConfig(BaseModel):
         config.backbones = [
             str(_resolve(Path(b), base)) if _looks_local(b, base) else b for b in config.backbones
         ]
+        config.backbones = list(dict.fromkeys(config.backbones))
         if not config.test and not config.in_domain:
             raise MeltError("nothing to evaluate: give test corpora or in_domain: true", file=path)
         return config
@@ -240,6 +241,7 @@ def run_experiment(
     )
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    inputs = _inputs(config)
     records: list[dict[str, Any]] = []
     fold_records: list[dict[str, Any]] = []
     predictions: dict[tuple[str, str, str, int], pd.DataFrame] = {}
@@ -288,14 +290,32 @@ def run_experiment(
             if rule.startswith("speakers"):
                 validation_speakers = sorted({str(s) for s in np.asarray(speakers, dtype=object)[mask]})
             trained: dict[tuple[str, tuple[str, ...]], Any] = {}
+            common = {
+                "settings": settings.model_dump(),
+                "fingerprint": cache.manifest["fingerprint"],
+                "crops": config.crops,
+                "crop_seconds": config.crop_seconds,
+                "train": inputs["train"]["sha256"],
+                "validation": validation_speakers,
+            }
             for source_name, column in sources.items():
                 for test in tests:
                     run_dir = out / "runs" / slug / _slug(source_name) / _slug(test.name) / f"seed{seed}"
-                    record, frame = _finished(run_dir)
+                    run_key = _key(
+                        common,
+                        column=column,
+                        classes=test.classes,
+                        test=inputs[f"test:{test.name}"]["sha256"],
+                        test_labels=test.labels,
+                    )
+                    record, frame = _finished(run_dir, run_key)
                     if record is None:
                         key = (source_name, tuple(test.classes))
+                        context = f"backbone {backbone_name}, labels {source_name}, test {test.name}"
                         if key not in trained:  # tests with the same classes share one model
-                            trained[key] = train_model(
+                            trained[key] = _with_context(
+                                context,
+                                train_model,
                                 cache,
                                 training_table,
                                 column,
@@ -309,7 +329,9 @@ def run_experiment(
                                 progress=progress,
                             )
                         model = trained[key]
-                        evaluation = evaluate_model(
+                        evaluation = _with_context(
+                            context,
+                            evaluate_model,
                             model,
                             cache,
                             test.table,
@@ -321,6 +343,7 @@ def run_experiment(
                         )
                         record = _record(backbone_name, source_name, test.name, seed, model, evaluation)
                         record["classes"] = len(test.classes)
+                        record["key"] = run_key
                         _write_json(run_dir / "run.json", record)
                         frame = evaluation.predictions
                     records.append(record)
@@ -330,8 +353,20 @@ def run_experiment(
                     )
                 if in_domain is not None:
                     run_dir = out / "runs" / slug / _slug(source_name) / IN_DOMAIN / f"seed{seed}"
-                    record, folds = _in_domain_run(
-                        in_domain, train_table, column, cache, settings, run_dir, train_base, device, progress
+                    run_key = _key(common, column=column, in_domain=in_domain.description)
+                    record, folds = _with_context(
+                        f"backbone {backbone_name}, labels {source_name}, in-domain",
+                        _in_domain_run,
+                        in_domain,
+                        train_table,
+                        column,
+                        cache,
+                        settings,
+                        run_dir,
+                        train_base,
+                        device,
+                        progress,
+                        run_key,
                     )
                     record.update(backbone=backbone_name, labels=source_name)
                     records.append(record)
@@ -358,7 +393,7 @@ def run_experiment(
         "packages": _versions(),
         "device": device,
         "settings": json.loads(config.model_dump_json()),
-        "inputs": _inputs(config),
+        "inputs": inputs,
         "backbones": backbone_info,
         "labelled_by_every_source": int(labelled_by_all.sum()),
         "training_rows": int(training_rows.sum()),
@@ -391,6 +426,12 @@ def _load_test(name: str, spec: TestCorpus, config: ExperimentConfig, vocabulary
         classes = [c for c in dict.fromkeys(MELT_LABEL_SET.normalize(c) for c in spec.classes) if c]
     else:
         classes = [c for c in present if c in vocabulary]
+    if len(classes) < 2 and set(classes) & vocabulary:
+        raise MeltError(
+            f"test corpus {name!r} has a single class {classes}: a score on it says nothing (give `classes:`)",
+            file=spec.table,
+            column=spec.labels,
+        )
     if not set(classes) & vocabulary:
         raise MeltError(
             f"test corpus {name!r}: its classes {classes or present} share nothing with the training labels "
@@ -429,10 +470,26 @@ def _short(name: str) -> str:
     return Path(name).name if Path(name).is_absolute() else name
 
 
-def _finished(run_dir: Path) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
-    """A finished run's record and predictions (run.json is written last)."""
+def _key(common: dict[str, Any], **specific: Any) -> str:
+    """Everything that decides a run's result: a finished run is reused only when its key is the same."""
+    text = json.dumps({**common, **specific}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _with_context(context: str, function, *args, **kwargs):
+    """Name the run in a user error raised inside it."""
+    try:
+        return function(*args, **kwargs)
+    except MeltError as exc:
+        raise MeltError(f"{context}: {exc.message}", file=exc.file, row=exc.row, column=exc.column) from exc
+
+
+def _finished(run_dir: Path, key: str) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """A finished run's record and predictions (run.json is written last), if it was made with the same key."""
     try:
         record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        if record.get("key") != key:
+            return None, None
         frame = pd.read_csv(
             run_dir / "predictions.csv", dtype={"id": "string", "label": "string", "predicted": "string"}
         )
@@ -487,11 +544,12 @@ def _in_domain_run(
     base: Path,
     device: str,
     progress: bool,
+    key: str,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The same-corpus score of one label source and seed: the test split, or the mean over held-out folds."""
     from melt.ser.model import evaluate_model, train_model
 
-    record, _ = _finished(run_dir)
+    record, _ = _finished(run_dir, key)
     if record is not None:
         return record, record.pop("folds", [])
     labels = MELT_LABEL_SET.normalize_series(table[column].astype("object"))
@@ -544,6 +602,7 @@ def _in_domain_run(
         folds.append(fold_record)
     by_fold = pd.DataFrame(folds)
     record = {
+        "key": key,
         "test": IN_DOMAIN,
         "seed": settings.seed,
         "n_train": round(by_fold["n_train"].mean()),

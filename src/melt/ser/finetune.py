@@ -137,6 +137,10 @@ def finetune_model(
     wanted = _parse_classes(classes) or sorted(label_values.dropna().unique())
     if not wanted:
         raise MeltError("no labelled rows", file=source, column=labels)
+    if len(wanted) < 2:
+        raise MeltError(
+            f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
+        )
     keep = label_values.isin(wanted).to_numpy()
     check_class_counts(
         label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels

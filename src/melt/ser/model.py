@@ -67,9 +67,13 @@ def load_corpus(
     if isinstance(corpus, pd.DataFrame):
         if "id" not in corpus.columns:
             raise MeltError("corpus table has no `id` column")
-        return corpus.reset_index(drop=True), Path(root or "."), "<table>"
-    path = Path(corpus)
-    return read_table(path), Path(root) if root is not None else path.parent, str(path)
+        table, base, source = corpus.reset_index(drop=True), Path(root or "."), "<table>"
+    else:
+        path = Path(corpus)
+        table, base, source = read_table(path), Path(root) if root is not None else path.parent, str(path)
+    if table.empty:
+        raise MeltError("the corpus table has no rows", file=source)
+    return table, base, source
 
 
 def normalised_labels(table: pd.DataFrame, column: str, *, source: str) -> pd.Series:
@@ -142,6 +146,10 @@ def train_model(
         wanted = sorted(label_values.dropna().unique())
         if not wanted:
             raise MeltError("no labelled rows", file=source, column=labels)
+    if len(wanted) < 2:
+        raise MeltError(
+            f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
+        )
     keep = label_values.isin(wanted).to_numpy()
     check_class_counts(
         label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels
