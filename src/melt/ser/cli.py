@@ -19,14 +19,17 @@ _console = Console(highlight=False, soft_wrap=True)
 _errors = Console(stderr=True, highlight=False)
 
 
+RESUMABLE = "interrupted: finished work is kept; rerun the same command to continue"
+
+
 @contextlib.contextmanager
-def _interruptible():
+def _interruptible(message: str = RESUMABLE):
     """Ctrl-C exits 130 and SIGTERM 143, after the running code's `finally` blocks wrote what was finished."""
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         yield
     except KeyboardInterrupt:
-        _errors.print("interrupted: finished work is kept; rerun the same command to continue")
+        _errors.print(message)
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -180,7 +183,7 @@ def train_command(
     )
     table, base, source = load_corpus(corpus)
     rows, which = _rows(table, split, default_train=True, source=source)
-    with _interruptible():
+    with _interruptible("interrupted: training stopped, no model was written"):
         if finetune:
             if backbone is None:
                 raise MeltError("--finetune needs --backbone (the model to fine-tune)")

@@ -56,6 +56,9 @@ def layer_weights(
     axes = figure.add_subplot()
     for name, values in weights.items():
         axes.plot(range(len(values)), values, marker="o", markersize=3, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("layer (0 = CNN output)")
     axes.set_ylabel("weight")
     axes.set_title(title, fontsize=9)
