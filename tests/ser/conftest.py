@@ -16,10 +16,12 @@ pytest.importorskip("transformers", reason="the SER tests need the `ser` extra (
 
 
 def _tiny(kind: str, folder: Path) -> Path:
-    """A 2-layer, 32-wide model of `kind` with random weights, saved with its feature extractor config exactly as
+    """A 2-layer, 32-wide model of `kind` (wav2vec2, hubert, wavlm, data2vec) with random weights, saved with its feature extractor config exactly as
     a hub checkpoint is laid out (config.json, model.safetensors, preprocessor_config.json)."""
     import torch
     from transformers import (
+        Data2VecAudioConfig,
+        Data2VecAudioModel,
         HubertConfig,
         HubertModel,
         Wav2Vec2Config,
@@ -38,10 +40,16 @@ def _tiny(kind: str, folder: Path) -> Path:
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=2,
     )
-    torch.manual_seed({"wav2vec2": 1, "hubert": 2, "wavlm": 3}[kind])
+    torch.manual_seed({"wav2vec2": 1, "hubert": 2, "wavlm": 3, "data2vec": 4}[kind])
     if kind == "wav2vec2":  # like wav2vec2-base: group-norm CNN, no attention mask
         model = Wav2Vec2Model(Wav2Vec2Config(**common, feat_extract_norm="group"))
         extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+    elif kind == "data2vec":  # layer-norm CNN, but stacked positional convolutions
+        del common["num_conv_pos_embeddings"]
+        model = Data2VecAudioModel(
+            Data2VecAudioConfig(**common, num_conv_pos_embeddings=2, conv_pos_kernel_size=5)
+        )
+        extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
     elif kind == "hubert":  # layer-norm variant (like hubert-large)
         model = HubertModel(HubertConfig(**common, feat_extract_norm="layer", do_stable_layer_norm=True))
         extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
@@ -60,7 +68,7 @@ def _tiny(kind: str, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("backbones")
-    return {kind: _tiny(kind, folder) for kind in ("wav2vec2", "hubert", "wavlm")}
+    return {kind: _tiny(kind, folder) for kind in ("wav2vec2", "hubert", "wavlm", "data2vec")}
 
 
 @dataclass

@@ -6,11 +6,13 @@ openSMILE eGeMAPSv02 functionals as a single "layer". `Backbone.pooled(signals)`
 [utterances, layers, dim]: for an SSL model, every hidden state (the CNN/embedding output and each transformer
 layer) averaged over the utterance's valid frames.
 
-Padding. Models whose CNN feature encoder uses layer norm (`feat_extract_norm="layer"`: WavLM, wav2vec2-large,
-data2vec-audio) take an attention mask, and a padded utterance's valid frames equal the unpadded ones, so
-utterances of different lengths share a batch. Models with group norm (`feat_extract_norm="group"`:
-wav2vec2-base, HuBERT-base) normalise each CNN channel over the whole input, padding included, so padding
-changes every frame: those run only same-length signals together. Valid frames come from the model's own
+Padding. Models whose CNN feature encoder uses layer norm (`feat_extract_norm="layer"`: WavLM, wav2vec2-large)
+take an attention mask, and a padded utterance's valid frames equal the unpadded ones, so utterances of
+different lengths share a batch. Models with group norm (`feat_extract_norm="group"`: wav2vec2-base,
+HuBERT-base) normalise each CNN channel over the whole input, padding included, and data2vec-audio's stacked
+positional convolutions carry the padding into the last frames, so for them padding changes the result
+whatever the mask: they run only same-length signals together. Which case a model is in is tried when it is
+loaded (`HuggingFaceBackbone._padding_is_exact`). Valid frames come from the model's own
 `_get_feat_extract_output_lengths`, so the pooled vector of a padded utterance is the unpadded one's.
 """
 
@@ -117,15 +119,33 @@ class HuggingFaceBackbone(Backbone):
         self.dim = int(config.hidden_size)
         self.min_samples = _min_samples(model)
         self._torch = torch
+        self._can_pad = self._padding_is_exact()
 
     def can_pad(self) -> bool:
-        return getattr(self.model.config, "feat_extract_norm", "layer") != "group"
+        return self._can_pad
+
+    def _padding_is_exact(self) -> bool:
+        """Whether a padded, masked utterance gives the vector it gets alone: tried on two seeded noise signals
+        (1 s padded to 1.5 s). Not so for group-norm CNNs (wav2vec2-base, HuBERT-base: the norm spans the
+        padding) nor for data2vec-audio (its stacked positional convolutions carry the padding into the last
+        frames), whatever the mask; such models only batch equal lengths."""
+        torch = self._torch
+        rng = np.random.default_rng(0)
+        short = (0.1 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32)
+        long = (0.1 * rng.standard_normal(SAMPLE_RATE * 3 // 2)).astype(np.float32)
+        with torch.inference_mode():
+            values, mask = self._padded([short, long])
+            together = masked_mean(*self.hidden_states(values, mask))[0]
+            values, _ = self._padded([short])
+            alone = masked_mean(*self.hidden_states(values, None))[0]
+        return bool(torch.allclose(together, alone, rtol=1e-3, atol=1e-4))
 
     def description(self) -> dict[str, Any]:
         return {
             **super().description(),
             "model_type": self.model.config.model_type,
             "feat_extract_norm": getattr(self.model.config, "feat_extract_norm", "layer"),
+            "padding": "masked, exact" if self.can_pad() else "inexact: only equal lengths share a batch",
             "do_normalize": bool(getattr(self.feature_extractor, "do_normalize", False)),
         }
 
@@ -138,6 +158,11 @@ class HuggingFaceBackbone(Backbone):
 
     def batch_inputs(self, signals: list[np.ndarray]):
         """(input_values [B, samples], sample mask [B, samples] or None) on the device, zero-padded."""
+        if len({len(s) for s in signals}) > 1 and not self.can_pad():
+            raise ValueError(f"{self.name} pools padded signals inexactly: batch equal lengths only")
+        return self._padded(signals)
+
+    def _padded(self, signals: list[np.ndarray]):
         torch = self._torch
         prepared = [self.prepare(s) for s in signals]
         lengths = [len(p) for p in prepared]
@@ -147,8 +172,6 @@ class HuggingFaceBackbone(Backbone):
             values[i, : len(p)] = torch.from_numpy(p)
         if min(lengths) == longest:
             return values.to(self.device), None
-        if not self.can_pad():
-            raise ValueError("group-norm backbones only batch signals of equal length")
         mask = torch.zeros(len(prepared), longest, dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, :n] = 1

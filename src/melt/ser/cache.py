@@ -45,6 +45,8 @@ POOLED = "pooled"
 CACHE_FORMAT = 1
 #: The paper crops or pads training audio to 5 s.
 CROP_SECONDS = 5.0
+#: Bytes of shards a FeatureCache keeps in memory once read.
+MEMORY_BUDGET = 4 << 30
 #: How an utterance becomes one vector per layer (part of a cache's identity).
 POOLING = (
     f"mean over valid frames, per layer; utterances over {MAX_SECONDS} s: frame-weighted mean of windows"
@@ -75,6 +77,9 @@ class FeatureCache:
         self._where: dict[str, tuple[Path, int]] = {}
         self._samples: dict[str, int] = {}
         self._buffer: list[tuple[str, int, np.ndarray]] = []
+        # shards already read, kept while they fit the budget: an experiment reads the same ones for every run
+        self._loaded: dict[Path, np.ndarray] = {}
+        self._loaded_bytes = 0
         self._load_index()
 
     # --- opening ---------------------------------------------------------------------------------------------
@@ -244,11 +249,18 @@ class FeatureCache:
             shard, row = self._where[key]
             by_shard.setdefault(shard, []).append((position, row))
         for shard, pairs in by_shard.items():
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    pooled = data["pooled"]
-            except Exception as exc:  # changed on disk since the index was read
-                raise MeltError(f"unreadable feature shard ({exc}); delete it and rerun", file=shard) from exc
+            pooled = self._loaded.get(shard)
+            if pooled is None:
+                try:
+                    with np.load(shard, allow_pickle=False) as data:
+                        pooled = data["pooled"]
+                except Exception as exc:  # changed on disk since the index was read
+                    raise MeltError(
+                        f"unreadable feature shard ({exc}); delete it and rerun", file=shard
+                    ) from exc
+                if self._loaded_bytes + pooled.nbytes <= MEMORY_BUDGET:
+                    self._loaded[shard] = pooled
+                    self._loaded_bytes += pooled.nbytes
             positions, rows = zip(*pairs, strict=True)
             out[list(positions)] = pooled[list(rows)]
         return out

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from melt import __version__
+from melt.acoustics.features import file_sha256
 from melt.corpus.labels import MELT_LABEL_SET
 from melt.corpus.schema import atomic_write, read_table, require_columns, write_table
 from melt.errors import MeltError
@@ -170,12 +171,6 @@ def backbone_slug(name: str) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "_"
-
-
-def file_sha256(path: Path) -> str:
-    from melt.acoustics.features import file_sha256 as sha
-
-    return sha(path)
 
 
 @dataclass

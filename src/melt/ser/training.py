@@ -12,6 +12,7 @@ a CPU run repeats bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -105,6 +106,19 @@ class FitResult:
     best_score: float
 
 
+@contextlib.contextmanager
+def _cpu_threads(device: str, threads: int | None):
+    if device != "cpu" or threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _as_tensor(targets: np.ndarray) -> torch.Tensor:
     array = np.asarray(targets)
     if np.issubdtype(array.dtype, np.integer):
@@ -135,109 +149,62 @@ def fit(
     `cpu_threads` caps torch's threads on the CPU while training: a head's matrices are so small that thread
     hand-offs cost more than they save (a step takes 0.6 ms on one thread and 5–30 ms on two busy cores); None
     keeps torch's setting (fine-tuning a backbone gains from threads)."""
-    if device == "cpu" and cpu_threads is not None:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(cpu_threads)
-        try:
-            return _fit(
-                head,
-                train,
-                targets,
-                settings,
-                loss,
-                validation,
-                score,
-                parameters,
-                eval_batch_size,
-                device,
-                progress,
-                description,
-            )
-        finally:
-            torch.set_num_threads(previous)
-    return _fit(
-        head,
-        train,
-        targets,
-        settings,
-        loss,
-        validation,
-        score,
-        parameters,
-        eval_batch_size,
-        device,
-        progress,
-        description,
-    )
-
-
-def _fit(
-    head,
-    train,
-    targets,
-    settings,
-    loss,
-    validation,
-    score,
-    parameters,
-    eval_batch_size,
-    device,
-    progress,
-    description,
-) -> FitResult:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    if len(train) == 0:
-        raise MeltError("no training rows")
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    head.to(device)
-    optimiser = torch.optim.Adam(parameters or head.parameters(), lr=settings.lr)
-    target_tensor = _as_tensor(targets)
-    records = []
-    best: tuple[float, float, int] | None = None  # (score, -val_loss, epoch)
-    best_state: dict[str, Any] | None = None
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task(description, total=settings.epochs)
-        for epoch in range(1, settings.epochs + 1):
-            head.train()
-            order = rng.permutation(len(train))
-            total, count = 0.0, 0
-            for start in range(0, len(order), settings.batch_size):
-                indices = order[start : start + settings.batch_size]
-                inputs = tuple(t.to(device) for t in train.batch(indices, rng))
-                optimiser.zero_grad()
-                value = loss(head(*inputs), target_tensor[torch.from_numpy(indices)].to(device))
-                value.backward()
-                optimiser.step()
-                total += float(value.detach()) * len(indices)
-                count += len(indices)
-            record = {
-                "epoch": epoch,
-                "train_loss": total / count,
-                "val_loss": math.nan,
-                "val_score": math.nan,
-            }
-            if validation is not None and len(validation[0]):
-                logits = predict_logits(head, validation[0], batch_size=eval_batch_size, device=device)
-                val_targets = validation[1]
-                record["val_loss"] = float(loss(logits, _as_tensor(val_targets)))
-                record["val_score"] = score(torch.softmax(logits, dim=1).numpy(), val_targets)
-                key = (record["val_score"], -record["val_loss"], -epoch)
-                if best is None or key > best:
-                    best = key
-                    best_state = copy.deepcopy(head.state_dict())
-            records.append(record)
-            bar.advance(task)
-    if best_state is not None:
-        head.load_state_dict(best_state)
-        best_epoch, best_score = -best[2], best[0]
-    else:
-        best_epoch, best_score = settings.epochs, math.nan
-    head.eval()
-    return FitResult(curve=pd.DataFrame.from_records(records), best_epoch=best_epoch, best_score=best_score)
+    with _cpu_threads(device, cpu_threads):
+        if len(train) == 0:
+            raise MeltError("no training rows")
+        torch.manual_seed(settings.seed)
+        rng = np.random.default_rng(settings.seed)
+        head.to(device)
+        optimiser = torch.optim.Adam(parameters or head.parameters(), lr=settings.lr)
+        target_tensor = _as_tensor(targets)
+        records = []
+        best: tuple[float, float, int] | None = None  # (score, -val_loss, epoch)
+        best_state: dict[str, Any] | None = None
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+            task = bar.add_task(description, total=settings.epochs)
+            for epoch in range(1, settings.epochs + 1):
+                head.train()
+                order = rng.permutation(len(train))
+                total, count = 0.0, 0
+                for start in range(0, len(order), settings.batch_size):
+                    indices = order[start : start + settings.batch_size]
+                    inputs = tuple(t.to(device) for t in train.batch(indices, rng))
+                    optimiser.zero_grad()
+                    value = loss(head(*inputs), target_tensor[torch.from_numpy(indices)].to(device))
+                    value.backward()
+                    optimiser.step()
+                    total += float(value.detach()) * len(indices)
+                    count += len(indices)
+                record = {
+                    "epoch": epoch,
+                    "train_loss": total / count,
+                    "val_loss": math.nan,
+                    "val_score": math.nan,
+                }
+                if validation is not None and len(validation[0]):
+                    logits = predict_logits(head, validation[0], batch_size=eval_batch_size, device=device)
+                    val_targets = validation[1]
+                    record["val_loss"] = float(loss(logits, _as_tensor(val_targets)))
+                    record["val_score"] = score(torch.softmax(logits, dim=1).numpy(), val_targets)
+                    key = (record["val_score"], -record["val_loss"], -epoch)
+                    if best is None or key > best:
+                        best = key
+                        best_state = copy.deepcopy(head.state_dict())
+                records.append(record)
+                bar.advance(task)
+        if best_state is not None:
+            head.load_state_dict(best_state)
+            best_epoch, best_score = -best[2], best[0]
+        else:
+            best_epoch, best_score = settings.epochs, math.nan
+        head.eval()
+        return FitResult(
+            curve=pd.DataFrame.from_records(records), best_epoch=best_epoch, best_score=best_score
+        )
 
 
 def predict_logits(
