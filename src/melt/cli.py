@@ -20,6 +20,7 @@ from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
 from melt.demo import demo_command
 from melt.errors import MeltError
+from melt.ser.cli import ser_app
 
 app = typer.Typer(
     name="melt",
@@ -54,6 +55,7 @@ app.command("compare")(compare_command)
 app.command("annotate")(annotate_command)
 app.add_typer(audio_app, name="audio")
 app.add_typer(acoustics_app, name="acoustics")
+app.add_typer(ser_app, name="ser")
 app.command("demo")(demo_command)
 app.command("ambiguity")(ambiguity_command)
 
