@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Reinstalled whenever pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
+# The `ser` extra needs torch; installed on its own first so pip takes this (CPU) build instead of pulling
+# several GB of CUDA packages as a dependency of transformers.
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint install system-deps clean
 
@@ -27,7 +30,8 @@ system-deps:
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,acoustics,dev]'
+	$(BIN)/python -m pip install -q '$(TORCH)'
+	$(BIN)/python -m pip install -q -e '.[local,acoustics,ser,dev]'
 	touch $@
 
 clean:

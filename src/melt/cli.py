@@ -10,15 +10,18 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from melt import __version__
 from melt.acoustics.cli import acoustics_app, audio_app
+from melt.ambiguity.cli import ambiguity_command
 from melt.analysis.cli import compare_command
 from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
 from melt.demo import demo_command
 from melt.errors import MeltError
 from melt.review.cli import preference_app, review_app
+from melt.ser.cli import ser_app
 
 app = typer.Typer(
     name="melt",
@@ -53,7 +56,9 @@ app.command("compare")(compare_command)
 app.command("annotate")(annotate_command)
 app.add_typer(audio_app, name="audio")
 app.add_typer(acoustics_app, name="acoustics")
+app.add_typer(ser_app, name="ser")
 app.command("demo")(demo_command)
+app.command("ambiguity")(ambiguity_command)
 app.add_typer(review_app, name="review")
 app.add_typer(preference_app, name="preference")
 
@@ -62,7 +67,8 @@ def main() -> None:
     try:
         app()
     except MeltError as exc:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        # Escaped: messages quote user input and formats such as "[start - end]", which are not markup.
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

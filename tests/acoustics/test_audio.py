@@ -111,7 +111,95 @@ def test_missing_file(tmp_path):
 def test_wav_name_keeps_ids_inside_the_output_folder():
     assert wav_name("train/dia0_utt0") == Path("train/dia0_utt0.wav")
     assert ".." not in wav_name("../../etc/passwd").parts
-    assert wav_name("a b:c") == Path("a_b_c.wav")
+    assert not wav_name("/etc/passwd").is_absolute()
+    assert wav_name("a b:c") == Path("a+20b+3Ac.wav")
+
+
+def test_distinct_ids_never_share_a_wav_name():
+    ids = [
+        "a b",
+        "a_b",
+        "a?b",
+        "a+b",
+        "a+20b",
+        "a/b",
+        "a//b",
+        "/a/b",
+        "a/b/",
+        "a.b",
+        "é",
+        "e",
+        "x" * 400,
+        "x" * 401,
+    ]
+    names = [wav_name(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    # a folder named like a WAV cannot clash with the WAV of another id
+    assert wav_name("a/b.wav/c").parent != wav_name("a/b")
+    assert all(len(part.encode()) < 255 for name in names for part in name.parts)
+
+
+@pytest.fixture
+def two_clips(speech, tmp_path) -> tuple[Path, Path]:
+    """A long and a short clip, to tell apart by their WAV's length."""
+    require_tools("espeak-ng", "sox")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    long = clips / "dia1_utt0.wav"
+    long.write_bytes(speech.read_bytes())
+    short = synthesise(clips / "dia2_utt0.wav", "Hi.", speed=250)
+    return long, short
+
+
+def test_ids_that_used_to_collide_get_their_own_audio(two_clips, tmp_path):
+    long, short = two_clips
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame(
+        {
+            "id": ["a b", "a_b", "a?b"],
+            "text": ["x", "y", "z"],
+            "dialogue_id": [1, 2, 1],
+            "utterance_id": [0, 0, 0],
+        }
+    ).to_csv(corpus, index=False)
+    table = extract_audio(corpus, long.parent, tmp_path / "wav", progress=False).table.set_index("id")
+    assert table["audio"].nunique() == 3
+    expected = {"a b": long, "a_b": short, "a?b": long}
+    for utterance, clip in expected.items():
+        wav = corpus.parent / table.at[utterance, "audio"]
+        assert soundfile.info(wav).duration == pytest.approx(soundfile.info(clip).duration, abs=0.01), (
+            utterance
+        )
+
+
+def test_a_reused_wav_is_checked_against_its_clip(two_clips, tmp_path):
+    long, short = two_clips
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame({"id": ["u1"], "text": ["x"], "dialogue_id": [1], "utterance_id": [0]}).to_csv(
+        corpus, index=False
+    )
+    out = tmp_path / "wav"
+    first = extract_audio(corpus, long.parent, out, table_out=tmp_path / "t.csv", progress=False).table
+    wav = out / "u1.wav"
+    assert first.at[0, "duration"] == pytest.approx(soundfile.info(long).duration, abs=0.01)
+    made = wav.stat().st_mtime_ns
+
+    # an unchanged clip is not decoded again
+    extract_audio(corpus, long.parent, out, table_out=tmp_path / "t.csv", progress=False)
+    assert wav.stat().st_mtime_ns == made
+
+    # the clip is replaced by another one that looks older than the WAV: the WAV must not be reused
+    long.write_bytes(short.read_bytes())
+    old = wav.stat().st_mtime - 3600
+    os.utime(long, (old, old))
+    again = extract_audio(corpus, long.parent, out, table_out=tmp_path / "t.csv", progress=False).table
+    assert again.at[0, "duration"] == pytest.approx(soundfile.info(short).duration, abs=0.01)
+    assert soundfile.info(wav).duration == pytest.approx(soundfile.info(short).duration, abs=0.01)
+
+    # a WAV changed behind melt's back is made again too
+    wav.write_bytes(b"RIFF garbage")
+    extract_audio(corpus, long.parent, out, table_out=tmp_path / "t.csv", progress=False)
+    assert soundfile.info(wav).duration == pytest.approx(soundfile.info(short).duration, abs=0.01)
 
 
 @pytest.fixture

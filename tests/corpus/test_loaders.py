@@ -1,3 +1,5 @@
+import re
+
 import pandas as pd
 import pytest
 
@@ -150,3 +152,58 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 def test_an_output_table_needs_a_known_suffix(tmp_path):
     with pytest.raises(MeltError, match=r"\.parquet or \.csv"):
         write_table(load_table(_tiny(tmp_path)), tmp_path / "t.txt")
+
+
+def test_a_ragged_first_row_is_an_error_not_a_column_shift(tmp_path, melt_cli):
+    path = tmp_path / "ragged.csv"
+    path.write_text("id,text,label\na,hello,joy,extra\nb,bye,sad\n", encoding="utf-8")
+    with pytest.raises(MeltError, match="4 fields but the header has 3") as info:
+        load_table(path)
+    assert info.value.file == str(path) and info.value.row == 1
+    done = melt_cli("corpus", "import", path, "--out", tmp_path / "t.csv")
+    assert done.code == 2 and len(done.stderr.strip().splitlines()) == 1 and "row 1" in done.stderr
+    # a quoted comma is not a ragged row, and blank lines before the first row are skipped as pandas does
+    fine = tmp_path / "fine.csv"
+    fine.write_text('id,text,label\n\na,"hello, there",joy\n', encoding="utf-8")
+    assert load_table(fine)["text"].tolist() == ["hello, there"]
+
+
+def test_import_with_a_bad_start_value_names_row_and_column(tmp_path, melt_cli):
+    path = tmp_path / "times.csv"
+    path.write_text('id,text,start,end\na,hello,1.5,"0:00:03,000"\nb,bye,abc,4\n', encoding="utf-8")
+    done = melt_cli("corpus", "import", path, "--out", tmp_path / "t.csv")
+    assert done.code == 2 and "Traceback" not in done.stderr
+    assert "row 2, column 'start': expected seconds or h:mm:ss,mmm, found 'abc'" in done.stderr
+    path.write_text('id,text,start,end\na,hello,1.5,"0:00:03,000"\n', encoding="utf-8")
+    table = load_table(path)
+    assert table.loc[0, "duration"] == pytest.approx(1.5)  # numbers and h:mm:ss,mmm mixed
+
+
+def test_import_mapping_onto_an_existing_column_is_an_error(tmp_path, melt_cli):
+    path = tmp_path / "two_texts.csv"
+    path.write_text("id,text,transcript\na,hello,hi there\n", encoding="utf-8")
+    done = melt_cli("corpus", "import", path, "-c", "text=transcript", "--out", tmp_path / "t.csv")
+    assert done.code == 2 and "Traceback" not in done.stderr
+    assert "cannot map 'transcript' onto 'text': the file already has a column 'text'" in done.stderr
+    with pytest.raises(MeltError, match="maps file column 'transcript' twice"):
+        load_table(path, {"text": "transcript", "label": "transcript"})
+    # renaming the existing column out of the way is fine
+    table = load_table(path, {"text": "transcript", "original_text": "text"})
+    assert table.loc[0, "text"] == "hi there" and table.loc[0, "original_text"] == "hello"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("id,text,duration\na,x,1.0\nb,y,-3\n", "duration -3.0 is negative"),
+        ("id,text,duration\na,x,inf\n", "duration inf is not a finite number"),
+        ("id,text,start,end\na,x,5.0,2.0\n", "duration -3.0 is negative (end before start?)"),
+    ],
+)
+def test_negative_or_infinite_durations_are_rejected(tmp_path, rows, message):
+    path = tmp_path / "d.csv"
+    path.write_text(rows, encoding="utf-8")
+    with pytest.raises(MeltError, match=re.escape(message)) as info:
+        load_table(path)
+    assert info.value.column == "duration"
+    assert info.value.row == rows.count("\n") - 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -120,30 +119,14 @@ def _last_line(text: str) -> str:
 
 
 def _check_wav_header(path: Path) -> None:
-    """libsndfile silently reads a truncated WAV as a shorter one; compare the data chunk's declared size with the
-    bytes actually present so a cut-off download is reported instead of analysed."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            return  # not RIFF/WAVE: let the decoders say what it is
-        offset = 12
-        while offset + 8 <= size:
-            handle.seek(offset)
-            chunk_id, chunk_size = struct.unpack("<4sI", handle.read(8))
-            if chunk_id == b"data":
-                # Streaming writers leave the size at 0 or 0xFFFFFFFF; RF64 keeps the real one elsewhere.
-                if chunk_size in (0, 0xFFFFFFFF) or head[:4] == b"RF64":
-                    return
-                present = size - offset - 8
-                if present < chunk_size:
-                    raise AudioError(
-                        f"truncated WAV: header declares {chunk_size} bytes of audio, file holds {present}",
-                        file=path,
-                    )
-                return
-            offset += 8 + chunk_size + (chunk_size & 1)
-    raise AudioError("WAV file has no data chunk (truncated or corrupt header)", file=path)
+    """libsndfile silently reads a truncated WAV as a shorter one; the header check reports a cut-off download
+    instead of letting it be analysed."""
+    from melt.corpus.audio_files import AudioFileError, wav_header
+
+    try:
+        wav_header(path)
+    except AudioFileError as exc:
+        raise AudioError(exc.reason, file=path) from None
 
 
 def audio_duration(path: str | Path) -> float:
@@ -221,11 +204,42 @@ def _parts(path: Path, root: Path) -> tuple[str, ...]:
     return path.relative_to(root).parent.parts
 
 
+_SAFE_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]")
+#: Longest file name part written as is; longer ones are cut and end in a hash of the whole part.
+_MAX_PART = 150
+#: Where `melt audio extract` records which clip each WAV came from, to reuse a WAV only for its own clip.
+SOURCES_FILE = ".melt-audio-sources.json"
+
+
 def wav_name(utterance_id: str) -> Path:
-    """`train/dia0_utt0` -> `train/dia0_utt0.wav`; anything that could escape the output folder is replaced."""
-    parts = [re.sub(r"[^A-Za-z0-9_.+-]", "_", part) for part in str(utterance_id).split("/") if part]
-    parts = [part if part not in (".", "..") else "_" for part in parts]
-    return Path(*parts).with_suffix(".wav") if parts else Path("_.wav")
+    """The WAV path (relative to the output folder) of one id: `train/dia0_utt0` -> `train/dia0_utt0.wav`.
+
+    Distinct ids always get distinct names: `/` separates folders, letters, digits, `_`, `.` and `-` stay, and
+    every other character becomes `+` and its UTF-8 bytes in hex (`a b` -> `a+20b`, `a?b` -> `a+3Fb`, `a+b` ->
+    `a+2Bb`); an empty part is `+`, a part `.` or `..` is escaped, so nothing escapes the output folder."""
+    pieces = str(utterance_id).split("/")
+    parts = [_escape_part(piece, folder=i < len(pieces) - 1) for i, piece in enumerate(pieces)]
+    return Path(*parts[:-1], parts[-1] + ".wav")
+
+
+def _escape_part(part: str, *, folder: bool) -> str:
+    if not part:
+        return "+"
+    if part in (".", ".."):
+        return part.replace(".", "+2E")  # would leave the folder
+    escaped = "".join(
+        c if _SAFE_NAME_CHARS.match(c) else "".join(f"+{b:02X}" for b in c.encode()) for c in part
+    )
+    if folder and escaped.lower().endswith(".wav"):
+        escaped = (
+            escaped[:-4] + "+2E" + escaped[-3:]
+        )  # a folder `x.wav` would clash with the WAV of the id `x`
+    if len(escaped) > _MAX_PART:
+        import hashlib
+
+        # `~` never appears in an escaped part, so a cut name cannot equal an uncut one.
+        escaped = escaped[:_MAX_PART] + "~" + hashlib.sha256(part.encode()).hexdigest()[:16]
+    return escaped
 
 
 def extract_audio(
@@ -241,9 +255,13 @@ def extract_audio(
     `duration_source` = "audio"; write the table to `table_out` (default: over `corpus`, atomically).
 
     A row whose clip is missing, corrupt, empty or silent keeps `audio` empty and gets the reason in
-    `audio_problem`; the batch goes on. A WAV newer than its clip is reused, so reruns only decode new clips.
-    `audio` holds paths relative to the written table's folder when the WAVs lie below it.
+    `audio_problem`; the batch goes on. Each id has its own WAV name (`wav_name`). A WAV already in `out_dir` is
+    reused only when `out_dir/.melt-audio-sources.json` records that it was made from this very clip (same path,
+    size and modification time) and the WAV itself is unchanged; otherwise the clip is decoded again, so reruns
+    only decode new or changed clips. `audio` holds paths relative to the written table's folder when the WAVs
+    lie below it.
     """
+    from melt.corpus.audio_files import AudioFileError, header_duration
     from melt.corpus.schema import read_table, write_table
 
     corpus = Path(corpus)
@@ -252,29 +270,36 @@ def extract_audio(
     table_out = Path(table_out) if table_out is not None else corpus
     table = read_table(corpus)
     index = index_clips(clips)
+    sources = _read_sources(out_dir)
 
-    def convert(position: int) -> tuple[str | None, float | None, str | None, str | None]:
+    def convert(position: int) -> tuple[str | None, float | None, str | None, str | None, dict | None]:
         row = table.iloc[position]
         source = None
         try:
             source = find_clip(row, index, clips)
-            target = out_dir / wav_name(row["id"])
-            if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
-                import soundfile
-
-                info = soundfile.info(target)
-                return str(target), info.frames / info.samplerate, str(source), None
+            name = wav_name(row["id"])
+            target = out_dir / name
+            made_from = _stamp(source, "source")
+            if target.is_file() and sources.get(name.as_posix()) == {**made_from, **_stamp(target, "wav")}:
+                try:
+                    return str(target), header_duration(target), str(source), None, None
+                except AudioFileError:
+                    pass  # an unreadable WAV is made again
             signal = read_audio(source)
             write_wav(target, signal)
-            return str(target), len(signal) / SAMPLE_RATE, str(source), None
+            record = {name.as_posix(): {**made_from, **_stamp(target, "wav")}}
+            return str(target), len(signal) / SAMPLE_RATE, str(source), None, record
         except AudioError as exc:
-            return None, None, str(source) if source else None, exc.reason
+            return None, None, str(source) if source else None, exc.reason, None
 
     results = _map_with_progress(convert, range(len(table)), workers, "Extracting audio", progress)
+    for *_, record in results:
+        sources.update(record or {})
+    _write_sources(out_dir, sources)
     table = table.copy()
     problems = []
     problem_column = []
-    for position, (target, seconds, source, reason) in enumerate(results):
+    for position, (target, seconds, source, reason, _record) in enumerate(results):
         if reason is not None:
             problems.append({"id": table.at[position, "id"], "source": source, "reason": reason})
             problem_column.append(reason)
@@ -289,6 +314,35 @@ def extract_audio(
     if len(problem_table):
         write_table(problem_table, out_dir / "audio_problems.csv")
     return AudioExtraction(table=table, problems=problem_table)
+
+
+def _stamp(path: Path, prefix: str) -> dict:
+    """What identifies a file's content cheaply: where it is, its size and modification time."""
+    stat = path.stat()
+    return {
+        f"{prefix}": str(path.resolve()),
+        f"{prefix}_size": stat.st_size,
+        f"{prefix}_mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _read_sources(out_dir: Path) -> dict[str, dict]:
+    import json
+
+    try:
+        sources = json.loads((out_dir / SOURCES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: every WAV is made again
+    return sources if isinstance(sources, dict) else {}
+
+
+def _write_sources(out_dir: Path, sources: dict[str, dict]) -> None:
+    import json
+
+    from melt.corpus.schema import atomic_write
+
+    text = json.dumps(sources, indent=1, sort_keys=True)
+    atomic_write(out_dir / SOURCES_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _relative_to(path: Path, folder: Path) -> str:

@@ -65,10 +65,15 @@ def _extract(path: str) -> tuple[float, np.ndarray] | str:
     except AudioError as exc:
         return exc.reason
     try:
-        values = _get_smile().process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
+        values = process_signal(signal)
     except Exception as exc:  # openSMILE's errors have no common type; one bad file must not end the batch
         return f"openSMILE failed ({exc})"
     return len(signal) / SAMPLE_RATE, values
+
+
+def process_signal(signal: np.ndarray) -> np.ndarray:
+    """The 88 eGeMAPSv02 functionals of a 16 kHz mono signal, in `feature_names()` order."""
+    return _get_smile().process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float64)[0]
 
 
 def _extract_chunk(paths: Sequence[str]) -> list[tuple[float, np.ndarray] | str]:

@@ -40,6 +40,7 @@ MELT_SYNONYMS: dict[str, str] = {
     "hap": "joy",
     "exc": "joy",
     "neutral": "neutral",
+    "neutral state": "neutral",
     "neutrality": "neutral",
     "neu": "neutral",
     "sad": "sadness",
@@ -110,3 +111,100 @@ class LabelSet(BaseModel):
 
 
 MELT_LABEL_SET = LabelSet()
+
+
+#: Labels the corpora use outside MELT's seven. They are kept under these lower-case names, never coerced.
+OFF_SET_LABELS: tuple[str, ...] = ("calm", "contempt", "frustration", "no_agreement", "other")
+
+#: Every corpus's own labels -> the label melt writes: one of MELT's seven, or an off-set label. The corpus's
+#: label itself is kept in `label_original`. docs/corpus-schema.md prints this table (a test keeps them equal).
+CORPUS_LABELS: dict[str, dict[str, str]] = {
+    # EmoEvaluation's label (4-class convention: neu, hap+exc, sad, ang).
+    "iemocap": {
+        "neu": "neutral",
+        "hap": "joy",
+        "exc": "joy",
+        "sad": "sadness",
+        "ang": "anger",
+        "fru": "frustration",
+        "sur": "surprise",
+        "fea": "fear",
+        "dis": "disgust",
+        "oth": "other",
+        "xxx": "no_agreement",
+    },
+    # The last part of the file name, `OAF_back_ps.wav`.
+    "tess": {
+        "angry": "anger",
+        "disgust": "disgust",
+        "fear": "fear",
+        "happy": "joy",
+        "neutral": "neutral",
+        "ps": "surprise",
+        "sad": "sadness",
+    },
+    # The names RAVDESS documents for its emotion codes 01-08 (the loader reads the code).
+    "ravdess": {
+        "neutral": "neutral",
+        "calm": "calm",
+        "happy": "joy",
+        "sad": "sadness",
+        "angry": "anger",
+        "fearful": "fear",
+        "disgust": "disgust",
+        "surprised": "surprise",
+    },
+    # File names carry ANG...; raters' answers (`respEmo` of finishedResponses.csv) carry one letter.
+    "cremad": {
+        "ANG": "anger",
+        "DIS": "disgust",
+        "FEA": "fear",
+        "HAP": "joy",
+        "NEU": "neutral",
+        "SAD": "sadness",
+        "A": "anger",
+        "D": "disgust",
+        "F": "fear",
+        "H": "joy",
+        "N": "neutral",
+        "S": "sadness",
+    },
+    # EmoClass of labels_consensus.csv.
+    "msppodcast": {
+        "A": "anger",
+        "S": "sadness",
+        "H": "joy",
+        "U": "surprise",
+        "F": "fear",
+        "D": "disgust",
+        "C": "contempt",
+        "N": "neutral",
+        "O": "other",
+        "X": "no_agreement",
+    },
+}
+
+
+def corpus_label(corpus: str, original: str) -> tuple[str, str] | None:
+    """(the corpus's label as its table spells it, melt's label), or None for a label the corpus does not have.
+
+    Case is ignored where the table has one spelling per label (TESS file names come as `OAF_back_Angry.wav` too).
+    """
+    table = CORPUS_LABELS[corpus]
+    text = str(original).strip()
+    if text in table:
+        return text, table[text]
+    folded = {key.lower(): key for key in table}
+    key = folded.get(text.lower())
+    if key is None or sum(k.lower() == text.lower() for k in table) > 1:
+        return None
+    return key, table[key]
+
+
+def rater_label(text: str, labels: LabelSet = MELT_LABEL_SET) -> str | None:
+    """One rater's free-text label: normalised with `labels`; "Other" with any free text after it
+    (IEMOCAP `Other:...`, MSP-Podcast `Other-...`) is `other`."""
+    cleaned = _clean(text)
+    if re.match(r"other\b", cleaned):
+        return "other"
+    return labels.normalize(cleaned)

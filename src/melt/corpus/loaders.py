@@ -52,6 +52,46 @@ def _times(raw: pd.DataFrame, column: str, source: Path) -> pd.Series:
     return pd.Series(out, index=raw.index, dtype="Float64")
 
 
+def _seconds(raw: pd.DataFrame, column: str, source: Path) -> pd.Series:
+    """Seconds from numbers or `h:mm:ss,mmm` times, whichever each value is."""
+    out = []
+    for position, value in enumerate(raw[column]):
+        if pd.isna(value) or str(value).strip() == "":
+            out.append(float("nan"))
+            continue
+        text = str(value).strip()
+        try:
+            out.append(parse_time(text) if ":" in text else float(text))
+        except ValueError as exc:
+            raise MeltError(
+                f"expected seconds or h:mm:ss,mmm, found {value!r}",
+                file=source,
+                row=position + 1,
+                column=column,
+            ) from exc
+    return pd.Series(out, index=raw.index, dtype="Float64")
+
+
+def _check_mapping(columns: Mapping[str, str], file_columns: list[str], source: Path) -> None:
+    """A mapping must not leave two columns with one name: renaming onto a column the file already has, or one
+    file column onto two schema columns, would make pandas hold duplicate columns."""
+    used: dict[str, str] = {}
+    for schema_col, file_col in columns.items():
+        if file_col in used:
+            raise MeltError(
+                f"--column maps file column {file_col!r} twice ({used[file_col]}= and {schema_col}=)",
+                file=source,
+            )
+        used[file_col] = schema_col
+    for schema_col, file_col in columns.items():
+        if schema_col != file_col and schema_col in file_columns and schema_col not in columns.values():
+            raise MeltError(
+                f"cannot map {file_col!r} onto {schema_col!r}: the file already has a column {schema_col!r} "
+                f"(map that one to another name too, e.g. --column original_{schema_col}={schema_col})",
+                file=source,
+            )
+
+
 def _integers(raw: pd.DataFrame, column: str, source: Path) -> pd.Series:
     numbers = pd.to_numeric(raw[column], errors="coerce")
     bad = numbers.isna() | (numbers != numbers.round())
@@ -174,6 +214,7 @@ def load_table(
     missing = [file_col for file_col in columns.values() if file_col not in raw.columns]
     if missing:
         raise MeltError(f"mapped column(s) {missing} not in the file; found {list(raw.columns)}", file=path)
+    _check_mapping(columns, list(raw.columns), path)
     table = raw.rename(columns={file_col: schema_col for schema_col, file_col in columns.items()})
     if "id" not in table.columns:
         prefix = split or path.stem
@@ -181,10 +222,10 @@ def load_table(
     if split is not None:
         table["split"] = split
     for column in ("start", "end"):
-        if column in table.columns and table[column].astype(str).str.contains(":").any():
-            table[column] = _times(table, column, path)
+        if column in table.columns:
+            table[column] = _seconds(table, column, path)
     if "duration" not in table.columns and {"start", "end"} <= set(table.columns):
-        table["duration"] = pd.to_numeric(table["end"]) - pd.to_numeric(table["start"])
+        table["duration"] = table["end"] - table["start"]
         table["duration_source"] = "timestamps"
     if "label" in table.columns:
         table["label"] = labels.normalize_series(table["label"])
