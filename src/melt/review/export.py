@@ -160,24 +160,13 @@ def _optional(value: object) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _human_share(row: Any, labels: LabelSet) -> float | None:
-    """The share of the corpus's raters who chose the human label, when the corpus has per-rater votes
-    (`{rater: label}` or `{rater: {label: weight}}`)."""
-    raw = getattr(row, "votes", None)
-    if not isinstance(raw, str) or not raw.strip() or _optional(row.human_label) is None:
+def _human_share(votes: dict[str, dict[str, float]], human: str | None, labels: LabelSet) -> float | None:
+    """The share of the corpus's raters who chose the human label, when the corpus has per-rater votes."""
+    if not votes or human is None:
         return None
-    try:
-        votes = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(votes, dict) or not votes:
-        return None
-    weight = 0.0
-    for vote in votes.values():
-        if isinstance(vote, str):
-            vote = {vote: 1.0}
-        if isinstance(vote, dict):
-            weight += sum(float(w) for label, w in vote.items() if labels.normalize(label) == row.human_label)
+    weight = sum(
+        w for vote in votes.values() for label, w in vote.items() if labels.normalize(label) == human
+    )
     return round(weight / len(votes), 4)
 
 
@@ -201,9 +190,12 @@ def _score(row: Any) -> float | None:
 
 
 def label_studio_tasks(chosen: pd.DataFrame, run: RunTable) -> list[dict[str, Any]]:
+    from melt.corpus.schema import votes_of
+
     tasks = []
     model = run.model or "unknown model"
-    for row in chosen.itertuples(index=False):
+    human_votes = votes_of(chosen, source=run.corpus_path)
+    for row, votes in zip(chosen.itertuples(index=False), human_votes, strict=True):
         speaker = _optional(row.speaker) or ""
         text = _optional(row.text) or ""
         data = {
@@ -231,7 +223,7 @@ def label_studio_tasks(chosen: pd.DataFrame, run: RunTable) -> list[dict[str, An
         human = _optional(row.human_label)
         if human is not None and run.labels.is_known(human):
             prediction = {"model_version": "human: corpus label", "result": _choice_result(human)}
-            share = _human_share(row, run.labels)
+            share = _human_share(votes, human, run.labels)
             if share is not None:
                 prediction["score"] = share
             predictions.append(prediction)
