@@ -232,3 +232,29 @@ def test_missing_audio_is_exported_without_hash(review_run, tmp_path):
         for t in json.loads((tmp_path / "out" / "tasks.json").read_text())
     }
     assert tasks["train/dia0_utt2"]["audio_sha256"] is None and tasks["train/dia0_utt2"]["audio"] == ""
+
+
+def test_published_melt_labels_as_a_run(shared_data, tmp_path, melt_cli):
+    """The published MELT train file as a run (GPT-4o's label) over MELD's human labels: `changed` selects exactly
+    the 3,261 utterances whose labels differ (46.43 %), and the export of them round-trips its ids."""
+    from melt.corpus.loaders import load_melt_csv
+    from melt.corpus.schema import write_table
+
+    table = load_melt_csv(shared_data / "melt" / "meld_train.csv")
+    corpus = write_table(table.drop(columns=["llm_label"]), tmp_path / "melt_train.parquet")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_table(
+        pd.DataFrame({"id": table["id"], "status": "ok", "emotion": table["llm_label"]}),
+        run / "annotations.parquet",
+    )
+    (run / "run.json").write_text(json.dumps({"corpus": str(corpus), "model": "gpt-4o-2024-08-06"}))
+    out = tmp_path / "review"
+    result = melt_cli("review", "export", run, "--out", out, "--select", "changed")
+    assert result.code == 0, result.stderr
+    assert "exported 3261 of 7024 utterances (changed)" in result.stdout
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert len({t["data"]["utterance_id"] for t in tasks}) == 3261
+    assert all(t["data"]["llm_label"] != t["data"]["human_label"] for t in tasks)
+    # off-set labels (frustration, comfort) are in the test file only; train labels are all in the set
+    assert all(len(t["predictions"]) == 2 for t in tasks)
