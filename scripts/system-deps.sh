@@ -5,6 +5,9 @@ missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+# the preference test's web page is tested in Debian's Chromium, driven by its chromedriver through Selenium
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # venv for the Makefile's .venv; a C++ compiler for llama-cpp-python, which builds from source where no wheel exists
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v g++ >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1 || missing+=(build-essential cmake)

@@ -20,6 +20,7 @@ from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
 from melt.demo import demo_command
 from melt.errors import MeltError
+from melt.review.cli import preference_app, review_app
 from melt.ser.cli import ser_app
 
 app = typer.Typer(
@@ -58,6 +59,8 @@ app.add_typer(acoustics_app, name="acoustics")
 app.add_typer(ser_app, name="ser")
 app.command("demo")(demo_command)
 app.command("ambiguity")(ambiguity_command)
+app.add_typer(review_app, name="review")
+app.add_typer(preference_app, name="preference")
 
 
 def main() -> None:

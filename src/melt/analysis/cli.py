@@ -15,7 +15,8 @@ def compare_command(
     input: Path = typer.Argument(
         ...,
         help="A corpus table (Parquet/CSV), any CSV with two label columns (e.g. a published MELT file), "
-        "or a run directory of `melt annotate` (joined to its corpus table).",
+        "a run directory of `melt annotate` (joined to its corpus table), or the decisions of "
+        "`melt review import` (label = the reviewers' decision, llm_label, human_label).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for summary.json, the figures and the report."),
     reference: str | None = typer.Option(

@@ -1,0 +1,315 @@
+"""`melt review ...` and `melt preference ...`: thin wrappers over `melt.review`.
+
+Everything heavy (pandas, the web framework) is imported inside the commands so `melt --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+review_app = typer.Typer(
+    help="Send doubtful annotations to human reviewers (Label Studio, Argilla) and import their decisions.",
+    no_args_is_help=True,
+)
+preference_app = typer.Typer(
+    help="The MELT paper's blind A/B preference test: build the items, serve the web page, report.",
+    no_args_is_help=True,
+)
+_console = Console(highlight=False)
+_errors = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _os_errors() -> Iterator[None]:
+    """An unwritable folder or a full disk is one line naming the file, like any other user error."""
+    from melt.errors import MeltError
+
+    try:
+        yield
+    except OSError as exc:
+        raise MeltError(exc.strerror or str(exc), file=exc.filename) from exc
+
+
+@review_app.command("export")
+def review_export(
+    run_dir: Path = typer.Argument(..., help="Run folder of `melt annotate` (annotations, run.json)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for the export (tasks or records, export.json)."
+    ),
+    corpus: Path | None = typer.Option(
+        None, "--corpus", help="Corpus table the run annotated (default: the one named in run.json)."
+    ),
+    select: str | None = typer.Option(
+        None,
+        "--select",
+        help="doubtful (any reason, default), changed (LLM label differs from the human one), invalid, or all.",
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Export at most N utterances, most doubtful first."
+    ),
+    format: str | None = typer.Option(None, "--format", help="labelstudio (default) or argilla."),
+    check: Path | None = typer.Option(
+        None,
+        "--check",
+        help="Output folder (or rows.csv) of `melt acoustics check`: adds acoustic mismatches.",
+    ),
+    audio_root: Path | None = typer.Option(
+        None,
+        "--audio-root",
+        help="Folder audio URLs are relative to; for Label Studio the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
+        "(default: the audio files' common folder).",
+    ),
+    audio_prefix: str | None = typer.Option(
+        None,
+        "--audio-prefix",
+        help="Put before each relative audio path (default /data/local-files/?d= for Label Studio, "
+        "http://localhost:8081/ for Argilla).",
+    ),
+    min_agreement: float | None = typer.Option(
+        None, "--min-agreement", help="Doubtful below this self-consistency agreement (default 0.7)."
+    ),
+    min_confidence: float | None = typer.Option(
+        None, "--min-confidence", help="Doubtful below this label confidence (default 0.5)."
+    ),
+    min_ambiguity: float | None = typer.Option(
+        None, "--min-ambiguity", help="Doubtful at or above this panel vote entropy (default 0.5)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file of these settings; flags override it."
+    ),
+) -> None:
+    """Export the run's doubtful utterances (ranked, each with its reasons) for review in Label Studio or Argilla.
+
+    Reasons: invalid answer, low self-consistency agreement, low confidence, disagreement with the human label,
+    acoustic mismatch (with --check), high panel ambiguity (when the run has votes.parquet). See docs/review.md.
+    """
+    from melt.review.export import ExportSettings, export_review
+    from melt.review.settings import load_settings
+
+    settings = load_settings(
+        ExportSettings,
+        config,
+        select=select,
+        limit=limit,
+        format=format,
+        audio_root=str(audio_root) if audio_root else None,
+        audio_prefix=audio_prefix,
+        min_agreement=min_agreement,
+        min_confidence=min_confidence,
+        min_ambiguity=min_ambiguity,
+    )
+    with _os_errors():
+        result = export_review(run_dir, out, settings, corpus=corpus, check=check)
+    chosen = result.selected
+    _console.print(
+        f"exported {len(chosen)} of {result.total} utterances ({settings.select}) for "
+        f"{'Label Studio' if settings.format == 'labelstudio' else 'Argilla'} to {out}/"
+    )
+    counts: dict[str, int] = {}
+    for codes in chosen["reason_codes"].fillna(""):
+        for code in filter(None, codes.split(";")):
+            counts[code] = counts.get(code, 0) + 1
+    if counts:
+        _console.print("reasons: " + ", ".join(f"{code} {n}" for code, n in counts.items()))
+    if result.missing_audio:
+        _console.print(f"[yellow]{result.missing_audio} exported utterances have no readable audio file[/]")
+    if result.audio_root is not None:
+        if settings.format == "labelstudio" and settings.prefix().startswith("/data/local-files"):
+            _console.print(
+                "Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root} and add a Local Files source storage "
+                "for the audio folder (no sync); see docs/review.md"
+            )
+        elif settings.format == "argilla" and settings.audio_prefix is None:
+            _console.print(
+                f"Argilla: serve the audio with `python3 -m http.server 8081 --directory {result.audio_root}`; "
+                "load the folder with rg.Dataset.from_disk (docs/review.md)"
+            )
+
+
+@review_app.command("import")
+def review_import(
+    export: Path = typer.Argument(
+        ..., help="Label Studio JSON export, or Argilla records.json (or the folder of Dataset.to_disk)."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Decisions table (.parquet or .csv), one row per utterance; the per-reviewer rows go next to it "
+        "as NAME.reviews.parquet/.csv.",
+    ),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        help="Comma-separated label set to normalise labels with (default: the MELT labels).",
+    ),
+    allow_changed_audio: bool = typer.Option(
+        False, "--allow-changed-audio", help="Import even where the audio's sha256 differs from the export's."
+    ),
+) -> None:
+    """Import reviewers' labels: one row per utterance and reviewer, and the merged decision per utterance.
+
+    Merge rule: the label most reviewers chose; a tie is left undecided (decision = tie). Skipped (Label Studio)
+    and discarded (Argilla) reviews are counted, not voted. `melt compare DECISIONS` compares the decisions
+    (column label) with the LLM's labels (llm_label); --candidate human_label with the human ones.
+    """
+    from melt.corpus.labels import MELT_LABEL_SET, LabelSet
+    from melt.review.decisions import import_review, write_import
+
+    label_set = LabelSet.from_labels(labels.split(",")) if labels else MELT_LABEL_SET
+    with _os_errors():
+        result = import_review(export, labels=label_set, allow_changed_audio=allow_changed_audio)
+        decisions_file, reviews_file = write_import(result, out, labels=label_set)
+    reviews = result.reviews
+    name = "Label Studio" if result.source == "labelstudio" else "Argilla"
+    _console.print(
+        f"{name}: {result.tasks} tasks, {len(reviews)} reviews by {reviews['reviewer'].nunique()} reviewers "
+        f"({result.skipped} skipped"
+        + (
+            f", {result.superseded} replaced by the same reviewer's later annotation"
+            if result.superseded
+            else ""
+        )
+        + (f", {result.drafts} drafts not counted" if result.drafts else "")
+        + ")"
+    )
+    table = Table(title="Decisions")
+    table.add_column("decision")
+    table.add_column("utterances", justify="right")
+    for decision, count in result.decisions["decision"].value_counts().items():
+        table.add_row(str(decision), str(count))
+    _console.print(table)
+    checks = result.decisions["audio_check"].value_counts()
+    _console.print("audio check: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
+    _console.print(f"decisions: {decisions_file}\nreviews: {reviews_file}")
+
+
+@preference_app.command("pairs")
+def preference_pairs(
+    table: Path = typer.Argument(..., help="Table with id, the two description columns and a media column."),
+    a: str | None = typer.Option(None, "--a", help="Column of description A (e.g. llm_label)."),
+    b: str | None = typer.Option(None, "--b", help="Column of description B (e.g. label, the human label)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Pairs table to write (.parquet or .csv)."),
+    only_different: bool | None = typer.Option(
+        None, "--only-different", help="Keep only items whose two descriptions differ."
+    ),
+    per_label: int | None = typer.Option(
+        None, "--per-label", help="At most N items per group, drawn at random."
+    ),
+    group: str | None = typer.Option(
+        None, "--group", help="Column the report groups by (default: the --b column)."
+    ),
+    media: str | None = typer.Option(
+        None, "--media", help="Column of the audio or video file (default audio)."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of the draw and of the A/B orders (default 0)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file of these settings; flags override it."
+    ),
+) -> None:
+    """Build the items of the blind A/B test, with a balanced, seeded A/B order per item and participant."""
+    from melt.review.pairs import PairsSettings, write_pairs
+    from melt.review.settings import load_settings
+
+    settings = load_settings(
+        PairsSettings,
+        config,
+        a=a,
+        b=b,
+        group=group,
+        media=media,
+        only_different=only_different,
+        per_label=per_label,
+        seed=seed,
+    )
+    with _os_errors():
+        pairs = write_pairs(table, out, settings)
+    counts = pairs["group"].value_counts().sort_index()
+    _console.print(
+        f"{len(pairs)} items (A = {settings.a}, B = {settings.b}) written to {out}; per group: "
+        + ", ".join(f"{g} {n}" for g, n in counts.items())
+    )
+
+
+@preference_app.command("serve")
+def preference_serve(
+    pairs: Path = typer.Argument(..., help="Pairs table from `melt preference pairs`."),
+    db: Path = typer.Option(..., "--db", help="SQLite file of the answers (created, or resumed)."),
+    host: str | None = typer.Option(
+        None, "--host", help="Address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)."
+    ),
+    port: int | None = typer.Option(None, "--port", help="Port (default 8000)."),
+    neither: bool | None = typer.Option(
+        None,
+        "--neither/--no-neither",
+        help='Offer "neither" besides the two descriptions (default: offer it).',
+    ),
+    codes: Path | None = typer.Option(
+        None, "--codes", help="File of allowed participant codes, one per line (default: any code)."
+    ),
+    title: str | None = typer.Option(None, "--title", help="Heading of the page."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file of these settings; flags override it."
+    ),
+) -> None:
+    """Serve the blind A/B test: participants enter a code, play each clip and pick the better description.
+
+    Resumable per participant; every answer is written to the SQLite file at once. Only the pairs table's media
+    files are served. Stop with Ctrl-C.
+    """
+    from melt.review.server import ServeSettings, serve
+    from melt.review.settings import load_settings
+
+    settings = load_settings(
+        ServeSettings,
+        config,
+        host=host,
+        port=port,
+        allow_neither=neither,
+        codes=str(codes) if codes else None,
+        title=title,
+    )
+    try:
+        with _os_errors():
+            serve(pairs, db, settings, announce=lambda line: _errors.print(line, soft_wrap=True))
+    except KeyboardInterrupt:
+        _errors.print("stopped; every answer given is in " + str(db))
+        raise typer.Exit(130) from None
+
+
+@preference_app.command("report")
+def preference_report(
+    results: Path = typer.Argument(..., help="SQLite file of `melt preference serve`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the figures, tables and report."),
+) -> None:
+    """Preference for A per group and overall (binomial 95 % CIs, exact test against 50 %), agreement, time."""
+    from melt.review.preference import write_preference_report
+
+    with _os_errors():
+        report = write_preference_report(results, out)
+    table = Table(title=f"A = {report.source_a}, B = {report.source_b}")
+    for column in ("group", "answers", "A", "B", "neither", "A share", "95 % CI", "p"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for row in report.table.itertuples(index=False):
+        share = "–" if row.share_a != row.share_a else f"{row.share_a:.1%}"
+        interval = "–" if row.ci_low != row.ci_low else f"{row.ci_low:.1%}–{row.ci_high:.1%}"
+        p_value = "–" if row.p_value != row.p_value else f"{row.p_value:.4f}"
+        table.add_row(
+            row.group, str(row.answers), str(row.a), str(row.b), str(row.neither), share, interval, p_value
+        )
+    _console.print(table)
+    kappa = report.agreement["fleiss_kappa"]
+    _console.print(
+        f"Fleiss' κ {kappa:.3f} over {report.agreement['items_with_two_or_more_answers']} items; "
+        f"median {report.time['median_seconds']:.1f} s per item"
+    )
+    _console.print(f"report: {(out / 'report.html').resolve()}")
