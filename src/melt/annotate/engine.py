@@ -193,11 +193,17 @@ class _GaveUp(Exception):
 class InFlightLimit:
     """How many requests may be in flight: additive increase, multiplicative decrease (AIMD).
 
-    `congested()` (a 429 or a timeout) halves the limit, once per round: a request sent before the last
-    decrease reports the congestion that decrease already answered. `succeeded()` grows it back: quickly
-    (one per success) up to where the last congestion happened, then by one per round of successes, to probe
-    for more; never above `maximum`. Sporadic 429s thus cost a round or two at half the limit, while a server
-    at its real limit is held near it."""
+    `congested()` halves the limit, once per round (a request sent before the last decrease reports the
+    congestion that decrease already answered): on a timeout always, on a 429 when 429s are frequent
+    (`FREQUENT` of the recent replies). An isolated 429 among many successes says nothing about the load:
+    that request waits the server's Retry-After, the others go on. `succeeded()`, for a request sent since
+    the last decrease, grows the limit back: by one per success up to where the last decrease happened while
+    429s stay rare, otherwise by one per round of successes (probing); never above `maximum`."""
+
+    #: Share of recent replies that are 429s above which a 429 means the server is at its limit.
+    FREQUENT = 0.05
+    #: Replies the share is averaged over (an exponential moving average).
+    WINDOW = 50
 
     def __init__(self, maximum: int):
         self.maximum = max(1, maximum)
@@ -205,6 +211,8 @@ class InFlightLimit:
         self.lowest = self.maximum
         self.in_flight = 0
         self.closed = False
+        #: recent share of replies that were 429s
+        self.rate_limited_share = 0.0
         self._round = 0
         self._recover_to = float(self.maximum)
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -234,7 +242,11 @@ class InFlightLimit:
         self.in_flight -= 1
         self._wake()
 
-    def congested(self, sent_in_round: int) -> None:
+    def congested(self, sent_in_round: int, *, rate_limited: bool) -> None:
+        if rate_limited:
+            self.rate_limited_share += (1.0 - self.rate_limited_share) / self.WINDOW
+            if self.rate_limited_share < self.FREQUENT:
+                return
         if sent_in_round != self._round:
             return
         self._round += 1
@@ -242,11 +254,12 @@ class InFlightLimit:
         self.limit = max(1.0, self.limit / 2)
         self.lowest = min(self.lowest, int(self.limit))
 
-    def succeeded(self) -> None:
-        if self.limit >= self.maximum:
+    def succeeded(self, sent_in_round: int) -> None:
+        self.rate_limited_share -= self.rate_limited_share / self.WINDOW
+        if self.limit >= self.maximum or sent_in_round != self._round:
             return
-        self.limit += 1.0 if self.limit < self._recover_to else 1.0 / self.limit
-        self.limit = min(self.limit, float(self.maximum))
+        fast = self.limit < self._recover_to and self.rate_limited_share < self.FREQUENT
+        self.limit = min(self.limit + (1.0 if fast else 1.0 / self.limit), float(self.maximum))
         self._wake()
 
     def close(self) -> None:
@@ -596,15 +609,24 @@ class Annotator:
                     self.stats.sent += 1
                     reply = await self.backend.complete(request)
                 except RetryableError as exc:
-                    self.limit.release()
-                    if self.stopping:
-                        raise _Stopped from exc
-                    self.pacer.observe(exc.rate_limits, self.limit.in_flight)
-                    if exc.rate_limited or exc.timed_out:
-                        self.limit.congested(sent_in)
-                    await self._retry_or_give_up(
-                        exc, attempts, utterance, sample, turn, key, request_json, started
-                    )
+                    # A rate-limited request keeps its place while it waits the server's Retry-After: it is
+                    # still part of the load, and a place freed at once would go to a request that the same
+                    # limit refuses a millisecond later.
+                    hold = exc.rate_limited and exc.retry_after is not None
+                    if not hold:
+                        self.limit.release()
+                    try:
+                        if self.stopping:
+                            raise _Stopped from exc
+                        self.pacer.observe(exc.rate_limits, self.limit.in_flight)
+                        if exc.rate_limited or exc.timed_out:
+                            self.limit.congested(sent_in, rate_limited=exc.rate_limited)
+                        await self._retry_or_give_up(
+                            exc, attempts, utterance, sample, turn, key, request_json, started
+                        )
+                    finally:
+                        if hold:
+                            self.limit.release()
                     continue
                 except RequestFailed as exc:
                     self.limit.release()
@@ -613,7 +635,7 @@ class Annotator:
                     self.limit.release()
                     raise
                 self.limit.release()
-                self.limit.succeeded()
+                self.limit.succeeded(sent_in)
                 self.pacer.observe(reply.rate_limits, self.limit.in_flight)
                 break
         finally:
