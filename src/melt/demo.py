@@ -40,9 +40,10 @@ def demo_command(
     from melt.annotate.cli import summary_table
     from melt.corpus.loaders import load_table
     from melt.corpus.schema import atomic_write, write_table
+    from melt.outputs import check_output_folder
 
     console = Console(highlight=False)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
     corpus = load_table(example_corpus_path())
     corpus_path = write_table(corpus, out / "corpus.parquet")
     console.print(f"example corpus: {len(corpus)} utterances -> {corpus_path}")

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from melt.errors import MeltError
+from melt.outputs import check_output_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,6 +77,8 @@ def meld_command(
     """MELD transcripts and human labels as an utterance table (ids like train/dia0_utt0)."""
     from melt.corpus.loaders import load_meld
 
+    check_output_file(out)
+
     _finish(load_meld(folder, splits=tuple(s.strip() for s in splits.split(",") if s.strip())), out, select)
 
 
@@ -87,6 +90,8 @@ def melt_command(
 ) -> None:
     """A published MELT file as an utterance table: MELD's label as `label`, GPT-4o's as `llm_label`."""
     from melt.corpus.loaders import load_melt_csv
+
+    check_output_file(out)
 
     _finish(load_melt_csv(csv, split=split), out, None)
 
@@ -103,6 +108,8 @@ def import_command(
 ) -> None:
     """Any CSV/Parquet as an utterance table, renaming columns as mapped (see docs/corpus-schema.md)."""
     from melt.corpus.loaders import load_table
+
+    check_output_file(out)
 
     mapping = {}
     for item in column:
