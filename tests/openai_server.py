@@ -124,6 +124,7 @@ class FakeOpenAIServer:
         self.api_key = api_key
         self.family = family
         self.slots = threading.Semaphore(slots) if slots else None
+        self.slot_count = slots
         self.rate_limit_fraction = rate_limit_fraction
         self._random = random.Random(seed)
         self.bucket = (
@@ -212,6 +213,8 @@ class FakeOpenAIServer:
             self.gets += 1
         if self.api_key is not None and handler.headers.get("Authorization") != f"Bearer {self.api_key}":
             return handler.send_json(401, {"error": {"message": "Incorrect API key provided: sk-wr***ng."}})
+        if handler.path.rstrip("/") == "/props" and self.family == "llama.cpp":
+            return handler.send_json(200, {"total_slots": self.slot_count or 1, "build_info": "b1-test"})
         if handler.path.rstrip("/").endswith("/models"):
             owner = OWNED_BY.get(self.family, self.family)
             models = [{"id": "gpt-4o-2024-08-06", "object": "model", "owned_by": owner}]

@@ -25,7 +25,9 @@ def demo_command(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Folder for the demo's outputs."),
     max_tokens: int = typer.Option(300, "--max-tokens", help="Reply length cap for the LLM."),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for llama.cpp (default: all cores)."
+        None,
+        "--threads",
+        help="CPU threads for llama.cpp (default: half the cores, fewer on a busy machine).",
     ),
 ) -> None:
     """Annotate the bundled example corpus offline with the bundled model, compare with human labels, report.

@@ -207,3 +207,26 @@ def test_the_cli_says_rerun_later_and_exits_3(tmp_path, melt_cli):
         )  # fmt: skip
     assert result.code == 3, result.stderr
     assert "the server asks to wait 7200 s" in result.stdout and "rerun later" in result.stdout
+
+
+# -- a server that works on fewer requests than it is sent ---------------------------------------------------------
+
+
+def test_a_single_slot_server_gets_one_wave_of_timeouts_then_one_request_at_a_time(tmp_path):
+    # Before: 24 timeouts for 6 utterances, 4 of them failed: the retries queued again behind the abandoned work.
+    texts = [f"Slot line {i}." for i in range(6)]
+    with FakeOpenAIServer(latency=0.5, slots=1) as server:
+        config = fast_config(server, concurrency=8, timeout=1.2, max_retries=6)
+        result = run_annotation(corpus_table(texts), config, tmp_path / "run")
+    assert (result.annotations["status"] == "ok").all()
+    assert result.stats.retries["timeout"] <= 7  # the first wave only
+    assert result.stats.lowest_concurrency == 1
+
+
+def test_llama_server_slots_are_read_so_nothing_waits_in_its_queue(tmp_path):
+    texts = [f"Slot line {i}." for i in range(6)]
+    with FakeOpenAIServer(latency=0.5, slots=1, family="llama.cpp") as server:
+        config = fast_config(server, concurrency=8, timeout=1.2, max_retries=6)
+        result = run_annotation(corpus_table(texts), config, tmp_path / "run")
+    assert (result.annotations["status"] == "ok").all()
+    assert result.stats.retries == {} and result.stats.concurrency == 1

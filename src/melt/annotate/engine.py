@@ -193,9 +193,9 @@ class _GaveUp(Exception):
 class InFlightLimit:
     """How many requests may be in flight: additive increase, multiplicative decrease (AIMD).
 
-    `congested()` halves the limit, once per round (a request sent before the last decrease reports the
-    congestion that decrease already answered): on a timeout always, on a 429 when 429s are frequent
-    (`FREQUENT` of the recent replies). An isolated 429 among many successes says nothing about the load:
+    `congested()` halves the limit: on every timeout, and on a 429 when 429s are frequent (`FREQUENT` of the
+    recent replies), once per round (a request sent before the last decrease reports the congestion that
+    decrease already answered). An isolated 429 among many successes says nothing about the load:
     that request waits the server's Retry-After, the others go on. `succeeded()`, for a request sent since
     the last decrease, grows the limit back: by one per success up to where the last decrease happened while
     429s stay rare, otherwise by one per round of successes (probing); never above `maximum`."""
@@ -245,10 +245,11 @@ class InFlightLimit:
     def congested(self, sent_in_round: int, *, rate_limited: bool) -> None:
         if rate_limited:
             self.rate_limited_share += (1.0 - self.rate_limited_share) / self.WINDOW
-            if self.rate_limited_share < self.FREQUENT:
+            if self.rate_limited_share < self.FREQUENT or sent_in_round != self._round:
                 return
-        if sent_in_round != self._round:
-            return
+        # Every timeout halves: each is a request that waited the whole timeout, and on a server that works on
+        # fewer requests than it is sent, the ones that time out were queued behind the others, so the round
+        # they were sent in says nothing.
         self._round += 1
         self._recover_to = self.limit
         self.limit = max(1.0, self.limit / 2)

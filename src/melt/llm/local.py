@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import functools
 import json
+import math
 import os
 import threading
 from collections import deque
@@ -55,6 +56,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """Threads for llama.cpp when none are asked for: half the cores this process may use, fewer when the 1-minute
+    load average says more of them are busy, at least one.
+
+    llama.cpp's threads meet at a barrier after every step of every token, spinning while they wait: one thread
+    the scheduler takes away holds up all the others, so a thread per core on a busy machine is many times
+    slower than fewer threads (docs/local.md, "Threads", has the figures: 14x on 2 cores at load 4)."""
+    cores = available_cores()
+    try:
+        busy = math.ceil(os.getloadavg()[0])
+    except OSError:  # no load average on this platform
+        busy = 0
+    return max(1, min(cores // 2, cores - busy))
+
+
 class LocalBackend:
     """A GGUF model run by llama.cpp in this process. `model_path=None` uses the bundled Gemma 3 270M.
 
@@ -85,7 +101,7 @@ class LocalBackend:
         if n_ctx is not None and n_ctx < 16:
             raise BackendError(f"the context size must be at least 16 tokens, not {n_ctx} (--n-ctx)")
         self.fixed_n_ctx = n_ctx
-        self.n_threads = n_threads or available_cores()
+        self.n_threads = n_threads or default_threads()
         self._llm: Llama | None = None
         self._grammars: dict[str, LlamaGrammar] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="melt-local")

@@ -174,6 +174,7 @@ class OpenAIBackend:
         self._reached = False
         # What this server takes, learnt from its answers (and remembered in the run's store by the engine).
         self.family = "unknown"
+        self._slots: int | None = None
         self._schema_forms = SCHEMA_FORMS["unknown"]
         self._schema_form = self._schema_forms[0]
         self._send_logprobs = True
@@ -186,11 +187,12 @@ class OpenAIBackend:
 
     @property
     def max_concurrency(self) -> int | None:
-        return _FAMILY_CONCURRENCY.get(self.family)
+        return self._slots or _FAMILY_CONCURRENCY.get(self.family)
 
     def server_profile(self) -> dict[str, Any]:
         return {
             "family": self.family,
+            "slots": self._slots,
             "schema_form": self._schema_form,
             "logprobs": self._send_logprobs,
             "max_tokens_field": self._max_tokens_field,
@@ -200,6 +202,8 @@ class OpenAIBackend:
         family = profile.get("family")
         if family in SCHEMA_FORMS:
             self._set_family(family)
+        slots = profile.get("slots")
+        self._slots = slots if isinstance(slots, int) and slots > 0 else None
         if profile.get("schema_form") in self._schema_forms:
             self._schema_form = profile["schema_form"]
         self._send_logprobs = profile.get("logprobs") is not False
@@ -238,7 +242,23 @@ class OpenAIBackend:
             except (ValueError, AttributeError, TypeError):
                 pass
         self._set_family(family)
+        if family == "llama.cpp":
+            self._slots = await self._llama_cpp_slots()
         return family
+
+    async def _llama_cpp_slots(self) -> int | None:
+        """llama-server's parallel slots (`GET /props`, at the server's root): requests beyond them only queue."""
+        root = str(self._url).rsplit("/chat/completions", 1)[0].removesuffix("/v1")
+        try:
+            response = await self._request("GET", URL(root + "/props"))
+            slots = (
+                _loads(response.content, response.text).get("total_slots")
+                if response.status_code == 200
+                else None
+            )
+        except (RetryableError, RequestFailed, ValueError, AttributeError):
+            return None
+        return slots if isinstance(slots, int) and slots > 0 else None
 
     # -- requests ------------------------------------------------------------------------------------------------
 
