@@ -66,6 +66,7 @@ def main() -> None:
         _error(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         # Ctrl-C outside a run (a run handles it itself and exits 130 after saving its work).
+        print("melt: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

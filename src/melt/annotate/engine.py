@@ -391,6 +391,11 @@ class Annotator:
                 worker.cancel()
             if self._grace is not None:
                 self._grace.cancel()
+            if self._profile is not None and not self._profile.done():
+                # The probe outlives the workers only when they were cancelled (a second Ctrl-C): it must not
+                # write to the store after the run has closed it.
+                self._profile.cancel()
+                await asyncio.gather(self._profile, return_exceptions=True)
             self.stats.elapsed_s = time.perf_counter() - started
             self.stats.concurrency = self.limit.maximum
             self.stats.lowest_concurrency = self.limit.lowest
@@ -546,7 +551,7 @@ class Annotator:
     async def _probe_format(self) -> None:
         """One tiny request per answer format until the server takes one. A transient failure ends the probe:
         the run then learns from the rejections of real requests, as it would without a probe."""
-        while True:
+        while not self.stopping:
             level = self.format_level
             request = chat_request(self.config, self._schema_format, list(PROBE_MESSAGES), 0, level)
             request = dataclasses.replace(

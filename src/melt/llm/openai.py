@@ -51,6 +51,7 @@ RAW_RESPONSE = "raw_response"
 #: The largest reply body read, after decompression. A reply with token logprobs for a long answer is a few MB;
 #: a body beyond this is not a reply (an endless stream, a compression bomb).
 MAX_BODY_BYTES = 32 * 1024 * 1024
+_SECRET_MIN = 8
 _KEY_SHAPED = re.compile(r"\b(?:sk|key|api)[-_][A-Za-z0-9*_\-.]{6,}", re.IGNORECASE)
 #: Words in an error text that say the server did not take the answer format, whatever the HTTP status
 #: (llama-cpp-python's server answers an unknown response_format type with HTTP 500).
@@ -139,7 +140,9 @@ class OpenAIBackend:
         max_connections: int = 64,
     ):
         parsed = check_base_url(base_url.rstrip("/"))
-        self._secrets: list[str] = [s for s in (api_key,) if s]
+        # Placeholder keys a few characters long ("EMPTY", "ollama") are no secret, and replacing them in replies
+        # would change answers: only key-length strings are scrubbed.
+        self._secrets: list[str] = [s for s in (api_key,) if s and len(s) >= _SECRET_MIN]
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -149,7 +152,8 @@ class OpenAIBackend:
             user, password = parsed.user or "", parsed.password or ""
             credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {credentials}"
-            self._secrets += [s for s in (password, credentials) if len(s) >= 4]
+            raw = parsed.raw_password or ""
+            self._secrets += [s for s in (password, raw, credentials) if len(s) >= _SECRET_MIN]
             parsed = parsed.with_user(None).with_password(None)
         elif api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -159,7 +163,10 @@ class OpenAIBackend:
         self._api_key_env = api_key_env
         self._timeout = timeout
         self._max_connections = max(1, max_connections)
-        self._url = URL(str(parsed).rstrip("/") + "/chat/completions")
+        # A key in the query (some gateways take one there) is a secret like the others.
+        self._secrets += [v for v in parsed.query.values() if len(v) >= _SECRET_MIN]
+        self._base = parsed
+        self._url = self._endpoint("chat/completions")
         # The whole reply must come within the timeout: a server trickling bytes cannot hold a request forever.
         self._timeouts = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         # The proxy is looked up once: aiohttp's trust_env would read the environment and ~/.netrc on a
@@ -179,6 +186,11 @@ class OpenAIBackend:
         self._schema_form = self._schema_forms[0]
         self._send_logprobs = True
         self._max_tokens_field = "max_tokens"
+
+    def _endpoint(self, name: str) -> URL:
+        """`{base_url}/{name}`, keeping the base URL's query (some gateways want one, e.g. an API version)."""
+        url = self._base.with_path(self._base.path.rstrip("/") + "/" + name)
+        return url.with_query(self._base.query) if self._base.query_string else url
 
     # -- what the engine records and remembers ------------------------------------------------------------------
 
@@ -219,9 +231,7 @@ class OpenAIBackend:
         """The server's family from `GET {base_url}/models` (free: no tokens), "unknown" when it does not say.
         An unreachable server raises `BackendError` here, before any paid request."""
         try:
-            response = await self._request(
-                "GET", URL(str(self._url).rsplit("/chat/completions", 1)[0] + "/models")
-            )
+            response = await self._request("GET", self._endpoint("models"))
         except (RetryableError, RequestFailed):
             return self.family
         if response.status_code in (401, 403):
@@ -248,9 +258,9 @@ class OpenAIBackend:
 
     async def _llama_cpp_slots(self) -> int | None:
         """llama-server's parallel slots (`GET /props`, at the server's root): requests beyond them only queue."""
-        root = str(self._url).rsplit("/chat/completions", 1)[0].removesuffix("/v1")
+        root = self._base.path.rstrip("/").removesuffix("/v1")
         try:
-            response = await self._request("GET", URL(root + "/props"))
+            response = await self._request("GET", self._base.with_path(root + "/props"))
             slots = (
                 _loads(response.content, response.text).get("total_slots")
                 if response.status_code == 200
