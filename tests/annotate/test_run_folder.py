@@ -120,6 +120,8 @@ def test_another_server_into_the_same_folder_is_refused_unless_forced(tmp_path):
         assert "--out" in refused.stderr and "--force-reuse" in refused.stderr
         assert "Traceback" not in refused.stderr
         assert b.entries() == []
+        dry = run(melt_annotate(corpus, out, b.base_url, "--dry-run"))
+        assert dry.returncode == 2 and "base_url" in dry.stderr  # no estimate of a run that would be refused
         changed = run(melt_annotate(corpus, out, a.base_url, "--prompt", "dialogue"))
         assert changed.returncode == 2 and "prompt" in changed.stderr
         schema = run(melt_annotate(corpus, out, a.base_url, "--schema", "structured"))

@@ -76,10 +76,11 @@ def annotate_command(
 ) -> None:
     """Annotate every utterance with an LLM: the MELT description, validated, resumable, at a known cost.
 
-    Rerunning the same command resumes: replies already in OUT are never requested again. OUT belongs to one
-    process at a time and to one configuration (server, model, prompt, request settings). Exit status 2 on an
-    error, 3 when utterances are left pending (budget, a server asking to wait) or failed: rerun to finish;
-    130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
+    Rerunning the same command resumes: replies already in OUT are never requested again.
+
+    OUT belongs to one process at a time and to one configuration (server, model, prompt, request settings).
+
+    Exit status: 2 on an error; 3 when utterances are left pending (budget, a server asking to wait) or failed (rerun to finish); 130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
     """
     from melt.annotate.config import AnnotateConfig
     from melt.annotate.run import RunInterrupted, estimate_run, run_annotation
@@ -108,7 +109,7 @@ def annotate_command(
     )
     console = Console(highlight=False)
     if dry_run:
-        estimate = estimate_run(corpus, config, out)
+        estimate = estimate_run(corpus, config, out, force_reuse=force_reuse)
         console.print(estimate_table(estimate))
         return
     interrupted = None

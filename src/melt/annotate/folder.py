@@ -171,20 +171,28 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def claim_folder(store: Any, identity: dict[str, Any], *, force: bool = False) -> dict[str, Any] | None:
-    """Record `identity` as the folder's, or check it against the one recorded. Returns the identity it replaced
-    (with `force`), else None. A store from before identities were recorded is adopted as it is."""
+def check_folder(store: Any, identity: dict[str, Any], *, force: bool = False) -> dict[str, Any] | None:
+    """The identity recorded in the folder's store when it differs from `identity` (None when it is the same or
+    none is recorded); a `MeltError` naming the differing settings unless `force`. Writes nothing."""
     recorded = store.meta_json(IDENTITY_META)
-    if isinstance(recorded, dict) and recorded != identity:
-        changed = differences(recorded, identity)
-        if changed and not force:
-            raise MeltError(
-                "this run folder holds replies of another configuration: "
-                + "; ".join(changed)
-                + ". Use a new --out for this configuration, or --force-reuse to reuse this folder's replies "
-                "(stored replies are reused only where the request is the same)",
-                file=store.path.parent,
-            )
-    if recorded != identity:
+    if not isinstance(recorded, dict) or recorded == identity:
+        return None
+    changed = differences(recorded, identity)
+    if changed and not force:
+        raise MeltError(
+            "this run folder holds replies of another configuration: "
+            + "; ".join(changed)
+            + ". Use a new --out for this configuration, or --force-reuse to reuse this folder's replies "
+            "(stored replies are reused only where the request is the same)",
+            file=store.path.parent,
+        )
+    return recorded
+
+
+def claim_folder(store: Any, identity: dict[str, Any], *, force: bool = False) -> dict[str, Any] | None:
+    """Record `identity` as the folder's, or check it against the one recorded (`check_folder`). Returns the
+    identity it replaced (with `force`), else None. A store from before identities were recorded is adopted."""
+    replaced = check_folder(store, identity, force=force)
+    if store.meta_json(IDENTITY_META) != identity:
         store.set_meta_json(IDENTITY_META, identity)
-    return recorded if isinstance(recorded, dict) and recorded != identity else None
+    return replaced

@@ -32,7 +32,13 @@ from melt.annotate.engine import (
     chat_request,
     stored_key,
 )
-from melt.annotate.folder import RunLock, claim_folder, folder_identity, remove_stale_temporaries
+from melt.annotate.folder import (
+    RunLock,
+    check_folder,
+    claim_folder,
+    folder_identity,
+    remove_stale_temporaries,
+)
 from melt.annotate.store import STORE_NAME, RequestStore
 from melt.corpus.schema import conform, read_any, require_columns
 from melt.errors import MeltError
@@ -386,11 +392,13 @@ def estimate_run(
     *,
     model: str | None = None,
     corpus_path: str | Path | None = None,
+    force_reuse: bool = False,
 ) -> CostEstimate:
     """Tokens and cost of a run, sending nothing. Requests already in `out_dir`'s store are not counted. Prompt
     tokens are estimated from characters; completion tokens from the store's replies if it has any, else a
     typical answer length (`completion_tokens_max` assumes every reply uses max_tokens). Re-asks are not
-    included: they depend on the replies."""
+    included: they depend on the replies. A folder of another configuration is refused as the run would refuse
+    it (unless `force_reuse`), so the estimate is never that of a run that cannot happen."""
     prompt = prompt_config(config)
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
@@ -401,6 +409,9 @@ def estimate_run(
     store_path = Path(out_dir) / STORE_NAME if out_dir is not None else None
     store = RequestStore(store_path) if store_path is not None and store_path.exists() else None
     try:
+        identity = choice.identity() if store is not None else None
+        if store is not None and identity is not None:
+            check_folder(store, folder_identity(config, prompt, identity), force=force_reuse)
         typical = store.mean_completion_tokens() if store else None
         if typical is None:
             typical = TYPICAL_COMPLETION_TOKENS[prompt.free_text_reply]
