@@ -458,11 +458,12 @@ class Annotator:
                 reply = await self._request(utterance, sample, 1, messages, outcome)
                 validation = validate_reply(reply.content, self.prompt, utterance.speaker)
                 validation.flags.append("re_asked")
-        except _OutOfBudget:
-            self.stats.stopped_by_budget = True
-            return SampleOutcome("pending")
-        except _Stopped:
-            return SampleOutcome("pending")
+        except _Stopped as exc:
+            # Pending, with what its requests so far cost (an answer paid for, its re-ask not sent).
+            if isinstance(exc, _OutOfBudget):
+                self.stats.stopped_by_budget = True
+            outcome.status = "pending"
+            return outcome
         except _GaveUp as exc:
             outcome.status, outcome.error = "failed", exc.reason
             return outcome

@@ -233,29 +233,31 @@ async def _run(
         identity = folder_identity(config, prompt, backend_identity(backend))
         replaced = claim_folder(store, identity, force=force_reuse)
         annotator = Annotator(config, prompt, backend, store, price)
+        # The handlers stay until the outputs are written: a signal then changes nothing, rather than stopping
+        # the process between the renames of two tables.
         with _signals_stop(annotator):
             if progress:
                 outcomes = await _with_progress(annotator, utterances, config)
             else:
                 outcomes = await annotator.run(utterances)
-        if isinstance(annotator.fatal, MeltError) and store.failure is annotator.fatal:
-            raise annotator.fatal  # a full disk: the tables could not be written either
-        rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
-        annotations = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(_DTYPES)
-        for column in OUTPUT_COLUMNS:
-            if column not in _DTYPES:
-                annotations[column] = annotations[column].astype("string")
-        result = RunResult(
-            out_dir=out_dir,
-            annotations=annotations,
-            stats=annotator.stats,
-            totals=store.totals(),
-            response_format=annotator.format_level,
-            backend=backend.name,
-            model=backend.model,
-            identity=identity,
-        )
-        _write_outputs(result, config, prompt, corpus_path, started, replaced)
+            if isinstance(annotator.fatal, MeltError) and store.failure is annotator.fatal:
+                raise annotator.fatal  # a full disk: the tables could not be written either
+            rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
+            annotations = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(_DTYPES)
+            for column in OUTPUT_COLUMNS:
+                if column not in _DTYPES:
+                    annotations[column] = annotations[column].astype("string")
+            result = RunResult(
+                out_dir=out_dir,
+                annotations=annotations,
+                stats=annotator.stats,
+                totals=store.totals(),
+                response_format=annotator.format_level,
+                backend=backend.name,
+                model=backend.model,
+                identity=identity,
+            )
+            _write_outputs(result, config, prompt, corpus_path, started, replaced)
         if annotator.fatal is not None:
             raise annotator.fatal
         return result
