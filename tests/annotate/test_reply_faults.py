@@ -107,6 +107,7 @@ def test_reply_bodies_are_capped_even_compressed_ones(server, tmp_path, marker):
         ("http://no-such-host.invalid/v1", "cannot resolve"),
         ("notaurl", "not an http(s) URL"),
         ("ftp://127.0.0.1/v1", "not an http(s) URL"),
+        ("http://melt:s3cret-pw@127.0.0.1:1/v1", "cannot connect"),
     ],
 )
 def test_an_unreachable_server_stops_the_run_at_once_naming_the_url(tmp_path, base_url, says):
@@ -116,11 +117,15 @@ def test_an_unreachable_server_stops_the_run_at_once_naming_the_url(tmp_path, ba
     started = time.monotonic()
     with pytest.raises(MeltError) as caught:
         run_annotation(corpus_table([GOOD, "Two."]), config, tmp_path / "run")
-    assert says in str(caught.value) and base_url.split("//")[-1].split("/")[0] in str(caught.value)
+    host = base_url.split("//")[-1].split("/")[0].split("@")[-1]
+    assert says in str(caught.value) and host in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)  # credentials never in an error
     assert time.monotonic() - started < 30
 
 
-def test_credentials_in_the_base_url_are_sent_but_never_written(tmp_path):
+def test_credentials_in_the_base_url_are_sent_but_never_written(tmp_path, monkeypatch):
+    # With an API key in the environment too (before: aiohttp refused the request with a ValueError).
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-melt-also-a-key-5Tq8Lz")
     with FakeOpenAIServer() as server:
         url = server.base_url.replace("http://", "http://melt:pa55word-xyz@")
         config = fast_config(server, base_url=url)
@@ -130,6 +135,7 @@ def test_credentials_in_the_base_url_are_sent_but_never_written(tmp_path):
     assert {e["auth"] for e in entries} == {"Basic"}
     for path in (tmp_path / "run").rglob("*"):
         assert b"pa55word-xyz" not in path.read_bytes(), path
+        assert b"sk-melt-also-a-key" not in path.read_bytes(), path
     with sqlite3.connect(tmp_path / "run" / STORE_NAME) as db:
         meta = db.execute("SELECT name || value FROM meta").fetchall()
     assert meta and not any("pa55word" in m[0] for m in meta)
