@@ -116,9 +116,13 @@ def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) 
     """Everything that decides the replies of a run (an `AnnotateConfig`, its `PromptConfig`, the backend's
     `identity()`). Settings that only decide how many are asked, how fast, or at what cost are left out
     (samples, limit, concurrency, timeouts, retries, the budget)."""
+    from melt.prompts import BUILTIN_TEMPLATES
+
     return {
         "backend": dict(backend_identity),
-        "prompt": config.prompt,
+        # A template file by its name, not its path: the same file given another way is the same prompt (its
+        # content is in the hash below).
+        "prompt": config.prompt if config.prompt in BUILTIN_TEMPLATES else Path(config.prompt).name,
         "prompt_hash": prompt.template_hash(),
         "schema": config.schema_kind,
         "labels": list(config.labels.labels),
