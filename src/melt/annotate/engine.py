@@ -242,6 +242,11 @@ class InFlightLimit:
         self.in_flight -= 1
         self._wake()
 
+    @property
+    def overloaded(self) -> bool:
+        """429s are frequent: the server is at its limit."""
+        return self.rate_limited_share >= self.FREQUENT
+
     def congested(self, sent_in_round: int, *, rate_limited: bool) -> None:
         if rate_limited:
             self.rate_limited_share += (1.0 - self.rate_limited_share) / self.WINDOW
@@ -616,18 +621,18 @@ class Annotator:
                     self.stats.sent += 1
                     reply = await self.backend.complete(request)
                 except RetryableError as exc:
-                    # A rate-limited request keeps its place while it waits the server's Retry-After: it is
-                    # still part of the load, and a place freed at once would go to a request that the same
-                    # limit refuses a millisecond later.
-                    hold = exc.rate_limited and exc.retry_after is not None
+                    if exc.rate_limited or exc.timed_out:
+                        self.limit.congested(sent_in, rate_limited=exc.rate_limited)
+                    # While 429s are frequent, a rate-limited request keeps its place as it waits the server's
+                    # Retry-After: it is still part of the load, and a place freed at once would go to a request
+                    # that the same limit refuses a millisecond later. A sporadic 429 frees its place.
+                    hold = exc.rate_limited and exc.retry_after is not None and self.limit.overloaded
                     if not hold:
                         self.limit.release()
                     try:
                         if self.stopping:
                             raise _Stopped from exc
                         self.pacer.observe(exc.rate_limits, self.limit.in_flight)
-                        if exc.rate_limited or exc.timed_out:
-                            self.limit.congested(sent_in, rate_limited=exc.rate_limited)
                         await self._retry_or_give_up(
                             exc, attempts, utterance, sample, turn, key, request_json, started
                         )
