@@ -543,13 +543,16 @@ async def _read_body(response: aiohttp.ClientResponse) -> bytes:
     declared = response.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise RequestFailed(f"reply body larger than {MAX_BODY_BYTES >> 20} MB ({declared} bytes announced)")
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise RequestFailed(f"reply body larger than {MAX_BODY_BYTES >> 20} MB")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    if declared is not None:
+        body = await response.read()  # the common case: a length within the cap, read in one call
+    else:
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise RequestFailed(f"reply body larger than {MAX_BODY_BYTES >> 20} MB")
+            chunks.append(chunk)
+        body = b"".join(chunks)
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return body
