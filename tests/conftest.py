@@ -25,6 +25,8 @@ def timeout_factor() -> float:
 
 
 TIMEOUT_FACTOR = timeout_factor()
+# Tests scale their own waits (subprocess timeouts) with it: `scaled()` in tests/timing.py reads it from here.
+os.environ["MELT_TEST_TIMEOUT_FACTOR"] = str(TIMEOUT_FACTOR)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

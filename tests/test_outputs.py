@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from melt.outputs import write_together
+from timing import scaled
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = "id,speaker,text,season,episode,label,llm_label\nx/dia0_utt0,Ross,Hi.,1,1,joy,joy\n"
@@ -61,7 +62,7 @@ def melt(args: list[str], prefix: list[str] | None = None) -> subprocess.Complet
         capture_output=True,
         text=True,
         env={**env, "COLUMNS": "200"},
-        timeout=120,
+        timeout=scaled(120),
         stdin=subprocess.DEVNULL,
     )
 

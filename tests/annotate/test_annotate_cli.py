@@ -18,6 +18,7 @@ from annotate_helpers import FakeOpenAIServer, corpus_table
 from melt.annotate.store import STORE_NAME
 from melt.corpus.schema import write_table
 from openai_server import expected_emotion
+from timing import scaled
 
 KEY = "sk-melt-test-4f9Qx7TzUu2Wk"
 
@@ -32,7 +33,7 @@ def melt_command(corpus: Path, out: Path, server: FakeOpenAIServer, *extra: str)
 def run(command: list[str], key: str = KEY) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENAI_API_KEY": key, "COLUMNS": "200"}
     return subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL
+        command, capture_output=True, text=True, env=env, timeout=scaled(120), stdin=subprocess.DEVNULL
     )
 
 

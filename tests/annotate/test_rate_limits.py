@@ -14,6 +14,7 @@ from melt.annotate import run_annotation
 from melt.annotate.engine import InFlightLimit, Pacer
 from melt.llm.base import RateLimitState
 from melt.llm.openai import _duration, _rate_limits, _retry_after
+from timing import scaled
 
 # -- what a server says about waiting --------------------------------------------------------------------------
 
@@ -203,7 +204,7 @@ def test_the_cli_says_rerun_later_and_exits_3(tmp_path, melt_cli):
     with FakeOpenAIServer() as server:
         result = melt_cli(
             "annotate", corpus, "--out", tmp_path / "run", "--base-url", server.base_url, "--model", "m",
-            "-j", "1", "--backoff-max", "30", "--quiet", timeout=120,
+            "-j", "1", "--backoff-max", "30", "--quiet", timeout=scaled(120),
         )  # fmt: skip
     assert result.code == 3, result.stderr
     assert "the server asks to wait 7200 s" in result.stdout and "rerun later" in result.stdout

@@ -19,6 +19,7 @@ from annotate_helpers import FakeOpenAIServer, corpus_table
 
 from melt.annotate.store import STORE_NAME
 from melt.corpus.schema import write_table
+from timing import scaled
 
 KEY = "sk-melt-folder-7Hq2Lx9Vb4Nc"
 pytestmark = pytest.mark.timeout(300)
@@ -37,7 +38,12 @@ def environment(key: str = KEY) -> dict[str, str]:
 
 def run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command, capture_output=True, text=True, env=environment(), timeout=timeout, stdin=subprocess.DEVNULL
+        command,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=scaled(timeout),
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -48,7 +54,7 @@ def start(command: list[str]) -> subprocess.Popen:
 
 
 def wait_for(condition, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while not condition():
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the process ended early: {process.communicate()}")
@@ -82,7 +88,7 @@ def test_a_second_process_on_a_folder_in_use_exits_naming_the_holder(tmp_path):
         first = start(command)
         wait_for(lambda: len(answered(server)) >= 10, first)
         second = run(command)
-        assert first.wait(timeout=120) == 0, first.communicate()
+        assert first.wait(timeout=scaled(120)) == 0, first.communicate()
         total = [e for e in server.entries(status=200) if e.get("text")]
     assert second.returncode == 2, second.stderr
     assert str(first.pid) in second.stderr and "in use" in second.stderr
@@ -149,7 +155,7 @@ def test_a_signal_stores_replies_in_flight_writes_everything_and_exits(tmp_path,
         process = start(melt_annotate(corpus, out, server.base_url, "-j", "4"))
         wait_for(lambda: len(answered(server)) >= 8, process)
         process.send_signal(sig)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=scaled(60))
         paid = {e["key"] for e in server.entries(status=200) if e.get("text")}
     assert process.returncode == code, stderr
     assert "Traceback" not in stderr
@@ -204,7 +210,7 @@ def test_a_full_disk_stops_the_run_at_the_first_failed_write(tmp_path):
         annotate = " ".join(f"'{part}'" for part in melt_annotate(corpus, out, server.base_url, "-j", "8"))
         script = " && ".join(setup) + f" && {{ {annotate}; rc=$?; {count}; exit $rc; }}"
         result = subprocess.run(
-            [*prefix, script], capture_output=True, text=True, env=environment(), timeout=240
+            [*prefix, script], capture_output=True, text=True, env=environment(), timeout=scaled(240)
         )
         sent = len([e for e in server.entries() if e.get("text")])
     assert result.returncode == 2, (result.stdout, result.stderr)

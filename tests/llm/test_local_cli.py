@@ -16,6 +16,8 @@ from importlib.resources import files
 import pandas as pd
 import pytest
 
+from timing import scaled
+
 pytest.importorskip("llama_cpp")
 
 from melt.llm.model_assets import bundled_model_path, cache_dir
@@ -40,7 +42,7 @@ def melt(*args: object) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=env,
-        timeout=500,
+        timeout=scaled(500),
         stdin=subprocess.DEVNULL,
     )
 
