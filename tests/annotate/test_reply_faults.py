@@ -139,3 +139,17 @@ def test_credentials_in_the_base_url_are_sent_but_never_written(tmp_path, monkey
     with sqlite3.connect(tmp_path / "run" / STORE_NAME) as db:
         meta = db.execute("SELECT name || value FROM meta").fetchall()
     assert meta and not any("pa55word" in m[0] for m in meta)
+
+
+def test_the_cli_fails_fast_on_an_unreachable_server_naming_it(tmp_path, melt_cli):
+    from melt.corpus.schema import write_table
+
+    corpus = write_table(corpus_table([GOOD]), tmp_path / "c.csv")
+    started = time.monotonic()
+    result = melt_cli(
+        "annotate", corpus, "--out", tmp_path / "run", "--base-url", "http://user:pw-secret-1@127.0.0.1:1/v1",
+        "--model", "m", "--quiet",
+    )  # fmt: skip
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "cannot connect to http://127.0.0.1:1/v1" in result.stderr and "pw-secret-1" not in result.stderr
+    assert time.monotonic() - started < 60
