@@ -153,3 +153,8 @@ def test_the_cli_fails_fast_on_an_unreachable_server_naming_it(tmp_path, melt_cl
     assert result.code == 2 and "Traceback" not in result.stderr
     assert "cannot connect to http://127.0.0.1:1/v1" in result.stderr and "pw-secret-1" not in result.stderr
     assert time.monotonic() - started < 60
+    # That attempt got no reply, so it did not claim the folder: the right URL works there.
+    with FakeOpenAIServer() as server:
+        fixed = melt_cli("annotate", corpus, "--out", tmp_path / "run", "--base-url", server.base_url,
+                         "--model", "m", "--quiet")  # fmt: skip
+    assert fixed.code == 0, fixed.stderr

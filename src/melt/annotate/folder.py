@@ -181,6 +181,8 @@ def check_folder(store: Any, identity: dict[str, Any], *, force: bool = False) -
     recorded = store.meta_json(IDENTITY_META)
     if not isinstance(recorded, dict) or recorded == identity:
         return None
+    if not store.has_replies():
+        return None  # nothing to protect (a first attempt that never got a reply, e.g. to a wrong URL)
     changed = differences(recorded, identity)
     if changed and not force:
         raise MeltError(

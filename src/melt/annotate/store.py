@@ -130,6 +130,10 @@ class RequestStore:
             logprobs=logprobs if isinstance(logprobs, list) else None,
         )
 
+    def has_replies(self) -> bool:
+        """Whether any reply was ever stored here (a folder with none has nothing to protect)."""
+        return self._db.execute("SELECT 1 FROM requests WHERE status = 'done' LIMIT 1").fetchone() is not None
+
     def has(self, key: str) -> bool:
         query = "SELECT 1 FROM requests WHERE key = ? AND status = 'done'"
         return self._db.execute(query, (key,)).fetchone() is not None
