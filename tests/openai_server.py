@@ -17,10 +17,28 @@ scripted by markers in the utterance text, so a test corpus says which rows misb
     [[synonym]]          the emotion is given as a synonym ("happy")
     [[wrongchar]]        the character is "Gunther" whatever the speaker
     [[mixed:a,b,c]]      the n-th answer for this utterance has emotion a, b, c, a, ... (for --samples)
+    [[retry-after:V]]    first request: 429 with `Retry-After: V` (V as sent: "nan", "1e12", an HTTP date, ...)
+    [[retry-after-ms:V]] first request: 429 with `retry-after-ms: V`
+    [[content-object]]   every reply: HTTP 200 whose message content is a JSON object, not text
+    [[usage-string]]     every reply: HTTP 200 whose `usage` is a string
+    [[choices-string]]   every reply: HTTP 200 whose `choices` is a string
+    [[huge-usage]]       every reply: a valid answer billed at 10^12 prompt tokens
+    [[too-long]]         every request: HTTP 400 `context_length_exceeded`
+    [[echo-headers]]     every request: HTTP 200 whose body is not a chat completion but echoes the request headers
+    [[echo-content]]     every reply: an unusable answer quoting the request headers
+    [[trickle]]          every reply: the body one byte every `trickle_interval` seconds
+    [[gzip-bomb]]        every reply: a gzip body that inflates to `bomb_bytes` of zeros
+    [[endless]]          every reply: a chunked body that never ends
+
+Markers whose fault hits "every" request are never cured by a retry (the client must not loop on them).
 
 "First request(s)" count the requests the server has received for that utterance so far, repairs excluded.
-Server-wide options: a fixed latency per reply, rejecting some `response_format` types with 400, refusing
-`logprobs`, requiring an API key. Every request is logged (in memory, and as JSON lines in `log_path`).
+Server-wide options: a fixed latency per reply, rejecting some `response_format` types (with HTTP 400 as OpenAI
+does, or with HTTP 500 and a validation message as llama-cpp-python's server does), refusing `logprobs`,
+requiring an API key, answering `GET /v1/models` as a given server family, a number of `slots` (requests
+processed at once; the rest queue, as on a single-slot llama.cpp server), sporadic 429s on a fraction of
+requests, and a token bucket of requests per second with or without OpenAI's `x-ratelimit-*` headers. Every
+chat request is logged (in memory, and as JSON lines in `log_path`); `GET` requests are counted in `gets`.
 
 Run standalone (the benchmark and subprocess tests do): `python tests/openai_server.py --port-file F --log L`.
 """
@@ -33,6 +51,7 @@ import functools
 import hashlib
 import json
 import math
+import random
 import re
 import socket
 import sys
@@ -51,6 +70,12 @@ _LINE = re.compile(
 )
 _MARKER = re.compile(r"\[\[([a-z0-9\-]+)(?::([^\]]*))?\]\]")
 _FAULT_COUNTS = re.compile(r"^(?P<kind>[a-z0-9\-]+?)(?:x(?P<n>\d+))?$")
+#: Faults that hit every request carrying the marker, repairs included.
+_PERSISTENT = ("content-object", "usage-string", "choices-string", "huge-usage", "too-long", "echo-headers",
+               "echo-content", "trickle", "gzip-bomb", "endless")  # fmt: skip
+#: What `GET /v1/models` says owns the model, per server family (as those servers answer).
+OWNED_BY = {"openai": "openai", "vllm": "vllm", "llama.cpp": "llamacpp", "llama-cpp-python": "me",
+            "ollama": "library"}  # fmt: skip
 
 
 def expected_emotion(text: str) -> str:
@@ -73,19 +98,44 @@ class FakeOpenAIServer:
         retry_after: str = "1",
         slow_seconds: float = 2.0,
         reject_formats: tuple[str, ...] = (),
+        reject_status: int = 400,
         offer_logprobs: bool = True,
         reject_logprobs: bool = False,
         api_key: str | None = None,
         log_path: str | Path | None = None,
         port: int = 0,
+        family: str = "openai",
+        slots: int | None = None,
+        rate_limit_fraction: float = 0.0,
+        token_bucket_rate: float | None = None,
+        token_bucket_burst: float | None = None,
+        ratelimit_headers: bool = False,
+        trickle_interval: float = 0.5,
+        bomb_bytes: int = 200_000_000,
+        seed: int = 0,
     ):
         self.latency = latency
         self.retry_after = retry_after
         self.slow_seconds = slow_seconds
         self.reject_formats = set(reject_formats)
+        self.reject_status = reject_status
         self.offer_logprobs = offer_logprobs
         self.reject_logprobs = reject_logprobs
         self.api_key = api_key
+        self.family = family
+        self.slots = threading.Semaphore(slots) if slots else None
+        self.slot_count = slots
+        self.rate_limit_fraction = rate_limit_fraction
+        self._random = random.Random(seed)
+        self.bucket = (
+            _TokenBucket(token_bucket_rate, token_bucket_burst or token_bucket_rate)
+            if token_bucket_rate
+            else None
+        )
+        self.ratelimit_headers = ratelimit_headers
+        self.trickle_interval = trickle_interval
+        self.bomb_bytes = bomb_bytes
+        self.gets = 0
         self.log: list[dict[str, Any]] = []
         self._log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
         self._lock = threading.Lock()
@@ -158,10 +208,31 @@ class FakeOpenAIServer:
                 self._log_file.write(json.dumps(entry) + "\n")
                 self._log_file.flush()
 
+    def handle_get(self, handler: _Handler) -> None:
+        with self._lock:
+            self.gets += 1
+        if self.api_key is not None and handler.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return handler.send_json(401, {"error": {"message": "Incorrect API key provided: sk-wr***ng."}})
+        if handler.path.rstrip("/") == "/props" and self.family == "llama.cpp":
+            return handler.send_json(200, {"total_slots": self.slot_count or 1, "build_info": "b1-test"})
+        if handler.path.rstrip("/").endswith("/models"):
+            owner = OWNED_BY.get(self.family, self.family)
+            models = [{"id": "gpt-4o-2024-08-06", "object": "model", "owned_by": owner}]
+            return handler.send_json(200, {"object": "list", "data": models})
+        return handler.send_json(404, {"error": {"message": f"no route {handler.path}"}})
+
     def handle(self, handler: _Handler) -> None:
+        if self.slots is None:
+            return self._handle(handler)
+        # A single-slot server (llama.cpp) takes requests one at a time: the others wait, connection open.
+        with self.slots:
+            return self._handle(handler)
+
+    def _handle(self, handler: _Handler) -> None:
         received, arrived = time.time(), time.monotonic()
         raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         entry: dict[str, Any] = {"time": received, "path": handler.path}
+        entry["auth"] = (handler.headers.get("Authorization") or "").split(" ")[0] or None
         if self.api_key is not None and handler.headers.get("Authorization") != f"Bearer {self.api_key}":
             entry.update(status=401, fault="auth")
             self._record(entry)
@@ -185,11 +256,21 @@ class FakeOpenAIServer:
             seed=body.get("seed"), messages=len(messages),
         )  # fmt: skip
 
+        entry.update(format_schema=bool((body.get("response_format") or {}).get("schema")))
         if format_type in self.reject_formats:
-            entry.update(status=400, fault=f"reject {format_type}")
+            entry.update(status=self.reject_status, fault=f"reject {format_type}")
             self._record(entry)
+            if self.reject_status == 500:  # llama-cpp-python's server: its request validation error, as a 500
+                message = (
+                    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                    f"'msg': \"Input should be 'text' or 'json_object'\", 'input': '{format_type}'}}"
+                )
+                error = {"message": message, "type": "internal_server_error", "param": None, "code": None}
+                return handler.send_json(500, {"error": error})
             message = f"Invalid parameter: 'response_format' of type '{format_type}' is not supported with this model."
-            return handler.send_json(400, {"error": {"message": message, "param": "response_format"}})
+            return handler.send_json(
+                self.reject_status, {"error": {"message": message, "param": "response_format"}}
+            )
         if self.reject_logprobs and body.get("logprobs"):
             entry.update(status=400, fault="reject logprobs")
             self._record(entry)
@@ -197,13 +278,24 @@ class FakeOpenAIServer:
                 400, {"error": {"message": "logprobs are not supported", "param": "logprobs"}}
             )
 
+        limited = self._rate_limited(repair)
+        if limited is not None:
+            entry.update(status=429, fault="rate limit")
+            self._record(entry)
+            return handler.send_json(429, {"error": {"message": "Rate limit reached"}}, headers=limited)
+        persistent = next((m for m in _PERSISTENT if m in markers), None)
+        if persistent is not None:
+            return self._persistent_fault(persistent, handler, entry, body)
         fault = None if repair else _transport_fault(markers, count)
         if fault == "429":
+            headers = {"Retry-After": self.retry_after}
+            if "retry-after" in markers:
+                headers = {"Retry-After": markers["retry-after"] or ""}
+            elif "retry-after-ms" in markers:
+                headers = {"retry-after-ms": markers["retry-after-ms"] or ""}
             entry.update(status=429, fault=fault)
             self._record(entry)
-            return handler.send_json(
-                429, {"error": {"message": "Rate limit reached"}}, headers={"Retry-After": self.retry_after}
-            )
+            return handler.send_json(429, {"error": {"message": "Rate limit reached"}}, headers=headers)
         if fault == "500":
             entry.update(status=500, fault=fault)
             self._record(entry)
@@ -253,11 +345,94 @@ class FakeOpenAIServer:
         if fault != "slow":
             self._wait_until(arrived + self.latency)
         try:
-            handler.send_raw(200, data)
+            handler.send_raw(200, data, self._bucket_headers())
         except OSError:  # the client gave up (timeout) before the reply came
             entry.update(status=None, fault=f"{fault}: client gone")
         self._record(entry)
         return None
+
+    # -- rate limits ------------------------------------------------------------------------------------------
+
+    def _rate_limited(self, repair: bool) -> dict[str, str] | None:
+        """The headers of a 429 when this request is refused by the rate limits, else None."""
+        if self.bucket is not None:
+            wait = self.bucket.take()
+            if wait is not None:
+                return {"retry-after-ms": str(max(1, math.ceil(wait * 1000))), **self._bucket_headers()}
+        if self.rate_limit_fraction and not repair:
+            with self._lock:
+                hit = self._random.random() < self.rate_limit_fraction
+            if hit:
+                return {"Retry-After": self.retry_after}
+        return None
+
+    def _bucket_headers(self) -> dict[str, str]:
+        if self.bucket is None or not self.ratelimit_headers:
+            return {}
+        remaining, to_full = self.bucket.state()
+        # OpenAI's form: the limit, what is left now, and the time until the bucket is full again.
+        return {
+            "x-ratelimit-limit-requests": str(int(self.bucket.burst)),
+            "x-ratelimit-remaining-requests": str(int(remaining)),
+            "x-ratelimit-reset-requests": f"{to_full * 1000:.0f}ms",
+        }
+
+    # -- replies that are not what a client expects -------------------------------------------------------------
+
+    def _persistent_fault(
+        self, kind: str, handler: _Handler, entry: dict[str, Any], body: dict[str, Any]
+    ) -> None:
+        entry.update(fault=kind)
+        answer = {"character": entry.get("speaker") or "Unknown", "context": "a scene",
+                  "emotion": "joy", "loudness": "moderate", "pitch": "medium", "rhythm_speed": "steady",
+                  "emotional_impact": "joy and clear"}  # fmt: skip
+        usage: Any = {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+        message: dict[str, Any] = {"role": "assistant", "content": json.dumps(answer)}
+        choices: Any = None
+        if kind == "too-long":
+            entry.update(status=400)
+            self._record(entry)
+            error = {
+                "message": "This model's maximum context length is 128000 tokens. However, your messages "
+                "resulted in 190000 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+            return handler.send_json(400, {"error": error})
+        if kind == "echo-headers":
+            entry.update(status=200)
+            self._record(entry)
+            return handler.send_json(200, {"you_sent": dict(handler.headers.items())})
+        if kind == "content-object":
+            message["content"] = answer
+        elif kind == "usage-string":
+            usage = "lots"
+        elif kind == "choices-string":
+            choices = "none today"
+        elif kind == "huge-usage":
+            usage = {"prompt_tokens": 10**12, "completion_tokens": 10, "total_tokens": 10**12 + 10}
+        elif kind == "echo-content":
+            message["content"] = "I cannot answer. You sent: " + json.dumps(dict(handler.headers.items()))
+        reply = {
+            "id": "chatcmpl-fault",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": choices
+            if choices is not None
+            else [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        data = json.dumps(reply).encode()
+        entry.update(status=200)
+        self._record(entry)
+        if kind == "trickle":
+            return handler.send_trickle(data, self.trickle_interval)
+        if kind == "gzip-bomb":
+            return handler.send_raw(200, _gzip_bomb(self.bomb_bytes), {"Content-Encoding": "gzip"})
+        if kind == "endless":
+            return handler.send_endless()
+        return handler.send_raw(200, data)
 
     @staticmethod
     def _wait_until(deadline: float) -> None:
@@ -309,16 +484,19 @@ def _target_line(messages: list[dict[str, Any]]) -> dict[str, str] | None:
         matches = list(_LINE.finditer(str(message.get("content", ""))))
         if matches:
             line = {k: v.strip() for k, v in matches[-1].groupdict().items()}
-            # Utterances are shown as JSON string literals; tests compare the decoded text.
-            if line["text"].startswith('"'):
-                with contextlib.suppress(ValueError):
-                    line["text"] = json.loads(line["text"])
+            # Utterances (and speakers) are shown as JSON string literals; tests compare the decoded text.
+            for name in ("text", "speaker"):
+                if line[name].startswith('"'):
+                    with contextlib.suppress(ValueError):
+                        line[name] = json.loads(line[name])
             return line
     return None
 
 
 def _transport_fault(markers: dict[str, str | None], count: int) -> str | None:
     for marker in markers:
+        if marker in ("retry-after", "retry-after-ms"):
+            marker = "429"
         match = _FAULT_COUNTS.match(marker)
         if not match or match["kind"] not in ("429", "500", "slow", "drop", "badbody"):
             continue
@@ -367,10 +545,52 @@ def _logprobs(content: str, emotion: str) -> list[dict[str, Any]]:
     return out
 
 
+class _TokenBucket:
+    """`rate` requests per second, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.updated = burst, time.monotonic()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def take(self) -> float | None:
+        """None when a request may pass, else the seconds until one may."""
+        with self._lock:
+            self._refill()
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return None
+            return (1 - self.tokens) / self.rate
+
+    def state(self) -> tuple[float, float]:
+        """(requests left now, seconds until the bucket is full)."""
+        with self._lock:
+            self._refill()
+            return self.tokens, (self.burst - self.tokens) / self.rate
+
+
+@functools.lru_cache(maxsize=2)
+def _gzip_bomb(size: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    parts = [compressor.compress(block) for _ in range(size >> 20)]
+    return b"".join([*parts, compressor.flush()])
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # The default backlog of 5 refuses connections when a client opens 64 at once.
     request_queue_size = 256
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout, a capped body) resets its connection: not the server's error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -382,6 +602,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.owner.handle_and_log(self)
+
+    def do_GET(self) -> None:
+        self.owner.handle_get(self)
+
+    def send_trickle(self, data: bytes, interval: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(interval)
+
+    def send_endless(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+        with contextlib.suppress(OSError):
+            self.wfile.write(b'%x\r\n{"choices": [\r\n' % len(b'{"choices": ['))
+            while True:
+                self.wfile.write(chunk)
 
     def send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self.send_raw(status, json.dumps(payload).encode(), headers)
@@ -408,6 +653,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", default="1")
     parser.add_argument("--reject-format", action="append", default=[])
     parser.add_argument("--api-key")
+    parser.add_argument("--rate-limit-fraction", type=float, default=0.0, help="sporadic 429s")
+    parser.add_argument("--token-bucket-rate", type=float, help="requests per second")
+    parser.add_argument("--token-bucket-burst", type=float)
+    parser.add_argument("--ratelimit-headers", action="store_true", help="send x-ratelimit-* headers")
+    parser.add_argument("--slots", type=int)
+    parser.add_argument("--family", default="openai", choices=sorted(OWNED_BY))
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         latency=args.latency,
@@ -416,6 +667,12 @@ def main(argv: list[str] | None = None) -> None:
         api_key=args.api_key,
         log_path=args.log,
         port=args.port,
+        rate_limit_fraction=args.rate_limit_fraction,
+        token_bucket_rate=args.token_bucket_rate,
+        token_bucket_burst=args.token_bucket_burst,
+        ratelimit_headers=args.ratelimit_headers,
+        slots=args.slots,
+        family=args.family,
     )
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")

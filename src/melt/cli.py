@@ -10,7 +10,6 @@ import sys
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from melt import __version__
 from melt.acoustics.cli import acoustics_app, audio_app
@@ -67,9 +66,25 @@ def main() -> None:
     try:
         app()
     except MeltError as exc:
-        # Escaped: messages quote user input and formats such as "[start - end]", which are not markup.
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(2)
+        _error(str(exc))
+    except OSError as exc:
+        # The machine's condition, not a bug: a folder that cannot be written, a full disk. One line too.
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        # Ctrl-C outside a run (a run handles it itself and exits 130 after saving its work).
+        print("melt: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _error(message: str) -> None:
+    from rich.text import Text
+
+    # As text, not markup: a message quoting "[...]" from a file must come out as it is.
+    Console(stderr=True, highlight=False).print(
+        Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True
+    )
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ def demo_command(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Folder for the demo's outputs."),
     max_tokens: int = typer.Option(300, "--max-tokens", help="Reply length cap for the LLM."),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for llama.cpp (default: all cores)."
+        None,
+        "--threads",
+        help="CPU threads for llama.cpp (default: half the cores, fewer on a busy machine).",
     ),
 ) -> None:
     """Annotate the bundled example corpus offline with the bundled model, compare with human labels, report.
@@ -40,9 +42,10 @@ def demo_command(
     from melt.annotate.cli import summary_table
     from melt.corpus.loaders import load_table
     from melt.corpus.schema import atomic_write, write_table
+    from melt.outputs import check_output_folder
 
     console = Console(highlight=False)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
     corpus = load_table(example_corpus_path())
     corpus_path = write_table(corpus, out / "corpus.parquet")
     console.print(f"example corpus: {len(corpus)} utterances -> {corpus_path}")

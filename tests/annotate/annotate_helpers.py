@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -50,3 +51,16 @@ def fast_config(server: FakeOpenAIServer, **overrides) -> AnnotateConfig:
     }
     settings.update(overrides)
     return AnnotateConfig(**settings)
+
+
+def asked(server: FakeOpenAIServer, **where) -> list[dict]:
+    """The server's log of requests about utterances (the answer-format probe left out)."""
+    return [e for e in server.entries(**where) if e.get("text")]
+
+
+def probe_cost(run_dir: Path) -> float:
+    """What the tiny answer-format probes of a run folder cost (they are kept in its store, turn -1)."""
+    from melt.annotate.store import STORE_NAME
+
+    with sqlite3.connect(Path(run_dir) / STORE_NAME) as db:
+        return db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE turn < 0").fetchone()[0]

@@ -95,11 +95,20 @@ def test_retry_after_is_honoured(faulty_run):
     assert retry["time"] - limited["time"] >= 1.0
 
 
-def test_a_rate_limit_pauses_every_worker(faulty_run):
-    log = faulty_run[3]
+def test_a_rate_limit_delays_only_the_request_that_got_it(tmp_path):
+    from annotate_helpers import corpus_table
+
+    texts = ["[[retry-after:2]] Wait for me.", *PLAIN]
+    with FakeOpenAIServer(latency=0.05) as server:
+        result = run_annotation(corpus_table(texts), fast_config(server, concurrency=2), tmp_path / "run")
+        log = [e for e in server.entries() if e.get("text")]
+    assert result.complete
     limited = next(e for e in log if e["status"] == 429)
-    during_pause = [e for e in log if limited["time"] + 0.05 < e["time"] < limited["time"] + 0.95]
-    assert during_pause == []
+    retry = next(e for e in log if e["text"] == limited["text"] and e["n"] > limited["n"])
+    assert retry["time"] - limited["time"] >= 2.0
+    # The other requests went on while that one waited.
+    meanwhile = [e for e in log if limited["time"] < e["time"] < retry["time"] and e["status"] == 200]
+    assert len(meanwhile) >= len(PLAIN) - 2
 
 
 def test_invalid_answers_are_re_asked_once_with_the_error(faulty_run):
@@ -141,21 +150,25 @@ def test_a_reply_naming_another_character_is_flagged(faulty_run):
     assert set(faulty_run[2].values()) <= set(SPEAKERS)
 
 
-def test_rejected_json_schema_falls_back_once_and_is_remembered(tmp_path):
+@pytest.mark.parametrize("status", [400, 500])
+def test_a_rejected_json_schema_is_found_by_one_probe_whatever_the_status_and_remembered(tmp_path, status):
+    """OpenAI rejects an unknown response format with 400; llama-cpp-python's server with HTTP 500 and a
+    validation error naming it. Either way it is a format rejection, found by one tiny probe, not a server error
+    retried, and the schema goes the way that server takes it (response_format json_object with a schema)."""
     from annotate_helpers import corpus_table
 
-    with FakeOpenAIServer(reject_formats=("json_schema",)) as server:
-        config = fast_config(server, concurrency=4)
+    with FakeOpenAIServer(reject_formats=("json_schema",), reject_status=status) as server:
+        config = fast_config(server, concurrency=8, max_retries=6)
         first = run_annotation(corpus_table(PLAIN[:8]), config, tmp_path / "run")
-        rejected_first = len(server.entries(status=400))
+        rejected_first = len(server.entries(status=status))
         second = run_annotation(corpus_table(PLAIN), config, tmp_path / "run")
-        rejected_total = len(server.entries(status=400))
+        rejected_total = len(server.entries(status=status))
+        asked = [e for e in server.entries(status=200) if e.get("text")]
     assert first.complete and second.complete
-    assert first.response_format == second.response_format == "json_object"
-    assert first.stats.format_fallbacks == ["json_schema -> json_object"]
-    # Only requests already in flight when the first rejection came back were rejected; a rerun sends none.
-    assert 1 <= rejected_first <= 4
-    assert rejected_total == rejected_first
+    assert rejected_first == rejected_total == 1  # the probe; the rerun remembers
+    assert first.stats.retries == {}
+    assert first.response_format == second.response_format == "json_schema"
+    assert {(e["response_format"], e["format_schema"]) for e in asked} == {("json_object", True)}
     assert (second.annotations["emotion"] == [expected_emotion(t) for t in PLAIN]).all()
 
 
@@ -166,8 +179,24 @@ def test_a_server_refusing_every_json_format_gets_plain_text(tmp_path):
         result = run_annotation(corpus_table(PLAIN[:3]), fast_config(server, concurrency=1), tmp_path / "run")
         formats = [e["response_format"] for e in server.entries()]
     assert result.response_format == "text"
-    assert formats == ["json_schema", "json_object", None, None, None]
+    # Probes: the schema in OpenAI's form and in llama.cpp's, then JSON mode, then text; then the three lines.
+    assert formats == ["json_schema", "json_object", "json_object", None, None, None, None]
+    assert result.stats.format_fallbacks == ["json_schema -> json_object", "json_object -> text"]
     assert (result.annotations["status"] == "ok").all()
+
+
+def test_a_server_that_says_it_is_llama_cpp_python_gets_its_schema_form_at_once(tmp_path):
+    from annotate_helpers import corpus_table
+
+    with FakeOpenAIServer(
+        reject_formats=("json_schema",), reject_status=500, family="llama-cpp-python"
+    ) as server:
+        result = run_annotation(corpus_table(PLAIN[:4]), fast_config(server, concurrency=8), tmp_path / "run")
+        log = server.entries()
+    assert result.complete and server.gets == 1
+    assert [e["status"] for e in log] == [200] * 5  # nothing rejected
+    # One slot on that server: one request at a time.
+    assert result.stats.concurrency == 1
 
 
 def test_a_request_that_keeps_failing_is_failed_not_guessed_and_a_rerun_retries_it(tmp_path):

@@ -8,7 +8,7 @@ import sqlite3
 
 import pandas as pd
 import pytest
-from annotate_helpers import corpus_table, fast_config
+from annotate_helpers import asked, corpus_table, fast_config, probe_cost
 
 from melt.annotate import AnnotateConfig, estimate_run, run_annotation
 from melt.annotate.run import OUTPUT_COLUMNS
@@ -34,14 +34,17 @@ def test_outputs_have_one_row_per_utterance_and_the_documented_columns(server, t
         int(parquet["prompt_tokens"].sum()), int(parquet["completion_tokens"].sum())
     )
     assert parquet["cost_usd"].sum() == pytest.approx(expected_cost)
-    assert result.stats.cost_usd == pytest.approx(expected_cost)
+    # This invocation also paid for the tiny request that found the server's answer format.
+    probe = probe_cost(tmp_path / "run")
+    assert 0 < probe < expected_cost / 10
+    assert result.stats.cost_usd == pytest.approx(expected_cost + probe)
 
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["corpus"] == str(corpus.resolve())
     assert run["model"] == "gpt-4o-2024-08-06" and run["backend"] == "openai"
     assert len(run["prompt"]["template_hash"]) == 64
-    assert run["totals"]["requests"] == 10
-    assert run["totals"]["cost_usd"] == pytest.approx(expected_cost)
+    assert run["totals"]["requests"] == 10 and run["totals"]["probes"] == 1
+    assert run["totals"]["cost_usd"] == pytest.approx(expected_cost + probe)
     assert run["this_invocation"]["retries_total"] == 0
     assert run["status"] == {"ok": 10} and run["complete"] is True
 
@@ -51,7 +54,7 @@ def test_a_rerun_sends_nothing_and_reproduces_the_table(server, tmp_path, write_
     first = run_annotation(corpus, fast_config(server), tmp_path / "run")
     sent = len(server.entries())
     second = run_annotation(corpus, fast_config(server), tmp_path / "run")
-    assert len(server.entries()) == sent == 10
+    assert len(server.entries()) == sent == 11  # ten utterances and the answer-format probe
     assert second.stats.cached == 10 and second.stats.sent == 0 and second.stats.cost_usd == 0
     pd.testing.assert_frame_equal(first.annotations, second.annotations)
 
@@ -63,19 +66,24 @@ def test_runs_from_inside_a_running_event_loop_as_in_a_notebook(server, tmp_path
     assert asyncio.run(notebook_cell()).complete
 
 
-def test_a_changed_parameter_is_a_new_request(server, tmp_path, write_corpus):
+def test_a_changed_parameter_is_refused_and_forced_it_is_a_new_request(server, tmp_path, write_corpus):
     corpus = write_corpus(TEXTS[:3])
     run_annotation(corpus, fast_config(server), tmp_path / "run")
-    again = run_annotation(corpus, fast_config(server, temperature=0.2), tmp_path / "run")
+    with pytest.raises(MeltError, match=r"temperature \(--temperature\) was 1.0, now 0.2.*--force-reuse"):
+        run_annotation(corpus, fast_config(server, temperature=0.2), tmp_path / "run")
+    assert len(asked(server)) == 3
+    again = run_annotation(corpus, fast_config(server, temperature=0.2), tmp_path / "run", force_reuse=True)
     assert again.stats.cached == 0 and again.stats.completed == 3
-    assert len(server.entries()) == 6
+    assert len(asked(server)) == 6
 
 
 def test_store_is_wal_sqlite_with_request_and_reply_but_no_headers(server, tmp_path, write_corpus):
     run_annotation(write_corpus(TEXTS[:2]), fast_config(server), tmp_path / "run")
     db = sqlite3.connect(tmp_path / "run" / STORE_NAME)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    rows = db.execute("SELECT request, reply, status, attempts, prompt_tokens FROM requests").fetchall()
+    rows = db.execute(
+        "SELECT request, reply, status, attempts, prompt_tokens FROM requests WHERE turn >= 0"
+    ).fetchall()
     assert len(rows) == 2
     request, reply, status, attempts, prompt_tokens = rows[0]
     assert json.loads(request)["messages"][1]["role"] == "user"
@@ -95,7 +103,7 @@ def test_samples_give_a_distribution_majority_and_agreement(server, tmp_path):
     assert mixed["confidence"] == pytest.approx(2 / 3)  # no logprobs: the agreement
     assert plain["agreement"] == 1.0
     # Each sample is its own request, with its own seed, so a seeded server does not repeat one answer.
-    seeds = sorted(e["seed"] for e in server.entries() if e["text"] == "Plain line.")
+    seeds = sorted(e["seed"] for e in asked(server, text="Plain line."))
     assert seeds == [7, 8, 9]
 
 
@@ -114,7 +122,7 @@ def test_max_cost_stops_before_the_budget_and_a_rerun_continues(server, tmp_path
 
     second = run_annotation(corpus, fast_config(server, max_tokens=100), tmp_path / "run")
     assert second.complete and (second.annotations["status"] == "ok").all()
-    keys = [e["key"] for e in server.entries(status=200)]
+    keys = [e["key"] for e in asked(server, status=200)]
     assert len(keys) == len(set(keys)) == 30  # nothing paid for twice
     assert second.totals["cost_usd"] == pytest.approx(first.stats.cost_usd + second.stats.cost_usd)
 
@@ -194,7 +202,7 @@ def test_config_file_is_read_and_flags_override_it(tmp_path):
 def test_config_dump_masks_credentials_in_the_base_url():
     config = AnnotateConfig(base_url="https://user:s3cret@proxy.example/v1")
     assert "s3cret" not in json.dumps(config.public())
-    assert config.public()["base_url"] == "https://***@proxy.example/v1"
+    assert config.public()["base_url"] == "https://proxy.example/v1"
 
 
 def test_budget_waits_for_requests_in_flight_instead_of_stopping_early(server, tmp_path, write_corpus):

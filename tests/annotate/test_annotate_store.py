@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from melt.annotate.store import RequestStore, request_key
+import pytest
+
+from melt.annotate.store import RequestStore, StoreWriteError, request_key
 
 LOGPROBS = [
     {"token": "joy", "logprob": -0.2, "bytes": [106, 111, 121], "top_logprobs": [
@@ -60,4 +63,35 @@ def test_failed_requests_are_not_replies_and_totals_count_done_ones(tmp_path):
     store.put_failed("failed", utterance_id="u", sample=0, turn=0, request_json="{}", error="HTTP 500", attempts=7,
                      started=0.0)  # fmt: skip
     assert store.get("failed") is None
-    assert store.totals() == {"requests": 1, "prompt_tokens": 10, "completion_tokens": 5, "cost_usd": 0.001}
+    assert store.totals() == {
+        "requests": 1,
+        "probes": 0,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "cost_usd": 0.001,
+    }
+
+
+def test_a_commit_that_fails_in_the_timer_is_kept_reported_and_stops_later_writes(tmp_path):
+    """Commits run in a timer callback, where an exception would vanish: the failure must come out."""
+    store = RequestStore(tmp_path / "s.sqlite")
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    # SQLite's own "database or disk is full", reached by capping the file at its current size.
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    failures = []
+    store.on_failure = failures.append
+
+    async def write_in_an_event_loop():
+        for i in range(50):
+            try:
+                put(store, f"k{i}", content="x" * 5000)
+            except StoreWriteError:
+                break
+            await asyncio.sleep(0.01)  # the commit timer fires between writes
+
+    asyncio.run(write_in_an_event_loop())
+    assert len(failures) == 1 and store.failure is failures[0]
+    assert "full" in str(store.failure) and str(tmp_path / "s.sqlite") in str(store.failure)
+    with pytest.raises(StoreWriteError):
+        put(store, "after")
+    store.close()

@@ -54,3 +54,30 @@ def test_custom_label_set_keeps_only_relevant_default_synonyms():
 def test_synonym_onto_unknown_label_is_rejected():
     with pytest.raises(ValueError, match="outside the set"):
         LabelSet(labels=("a", "b"), synonyms={"x": "c"})
+
+
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        ([], "at least two"),
+        (["joy"], "at least two"),
+        (["joy", "Joy "], "repeat"),
+        (["joy", "  "], "non-empty"),
+    ],
+)
+def test_an_empty_or_repeating_label_set_is_refused(labels, says):
+    with pytest.raises(ValueError, match=says):
+        LabelSet.from_labels(labels)
+
+
+@pytest.mark.parametrize(("yaml_labels", "says"), [("[]", "at least two"), ("[joy, anger, Joy]", "repeat")])
+def test_labels_in_an_annotation_config_are_checked_with_one_clear_line(
+    melt_cli, tmp_path, yaml_labels, says
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"labels: {yaml_labels}\n")
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("id,speaker,text,season,episode\na,Ross,Hi.,1,1\n")
+    result = melt_cli("annotate", corpus, "--out", tmp_path / "run", "--config", config, "--dry-run")
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert str(config) in result.stderr and "labels" in result.stderr and says in result.stderr

@@ -46,3 +46,19 @@ def test_dry_run_of_the_local_model_costs_nothing_but_counts_tokens(no_key):
     assert estimate.cost_usd == 0 and estimate.cost_usd_max == 0
     assert estimate.prompt_tokens > 0 and estimate.requests == 12
     assert estimate.model.endswith(".gguf")
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1/", "https://me:pa55word-x@gpu.example/v1"],
+)
+def test_a_dry_run_knows_the_identity_the_backend_will_report(no_key, base_url):
+    import asyncio
+
+    from melt.llm import make_backend
+
+    config = AnnotateConfig(base_url=base_url, model="m")
+    backend = make_backend(config)
+    assert choose_backend(config).identity() == backend.identity()
+    assert "pa55word" not in str(backend.identity())
+    asyncio.run(backend.aclose())

@@ -17,6 +17,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("llama_cpp")
@@ -24,7 +25,7 @@ pytest.importorskip("llama_cpp")
 from melt.annotate.run import load_corpus
 from melt.annotate.validate import validate_reply
 from melt.llm import local
-from melt.llm.base import BackendError, ChatRequest, ResponseFormatRejected
+from melt.llm.base import BackendError, ChatRequest, RequestFailed, ResponseFormatRejected
 from melt.llm.local import LocalBackend
 from melt.llm.model_assets import bundled_model_path, cache_dir, sha256_file
 from melt.prompts import PromptConfig, build_messages, response_format
@@ -181,7 +182,7 @@ def test_truncated_gguf_gives_llama_cpp_reason_not_a_crash(tmp_path):
 def test_fixed_context_too_small_for_the_prompt():
     b = LocalBackend(n_ctx=200)  # llama.cpp rounds it up to 256
     long_line = "Monica at s02e04 said: " + "Who moved my couch? " * 50
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(RequestFailed) as info:  # that request fails, not the run
         b.complete_sync(ask(long_line, max_tokens=16))
     message = str(info.value)
     prompt_tokens = int(message.split("the prompt takes ")[1].split()[0])
@@ -194,8 +195,31 @@ def test_fixed_context_too_small_for_the_prompt():
 
 def test_prompt_beyond_the_models_trained_context(backend):
     huge = "Monica said: " + "couch " * 40_000
-    with pytest.raises(BackendError, match="has a context of only 32768 tokens"):
+    with pytest.raises(RequestFailed, match="has a context of only 32768 tokens"):
         backend.complete_sync(ask(huge, max_tokens=8))
+
+
+def test_an_over_long_utterance_fails_its_row_and_the_others_are_annotated(tmp_path):
+    from melt.annotate import AnnotateConfig, run_annotation
+    from melt.corpus.schema import conform
+
+    table = conform(
+        pd.DataFrame(
+            {
+                "id": ["long", "short"],
+                "speaker": ["Monica", "Ross"],
+                "text": ["Who moved my couch? " * 200, "Hi."],
+                "season": [2, 2],
+                "episode": [4, 4],
+            }
+        )
+    )
+    config = AnnotateConfig(n_ctx=1024, max_tokens=120, temperature=0.0, schema_kind="structured")
+    result = run_annotation(table, config, tmp_path / "run", backend=LocalBackend(n_ctx=1024))
+    long, short = result.annotations.to_dict("records")
+    assert long["status"] == "failed" and "context size is 1024 tokens" in long["error"]
+    assert short["status"] in ("ok", "invalid")  # asked and answered: the run went on
+    assert result.stats.concurrency == 1  # an in-process model gets one request at a time
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from importlib.resources import files
 import pandas as pd
 import pytest
 
+from timing import scaled
+
 pytest.importorskip("llama_cpp")
 
 from melt.llm.model_assets import bundled_model_path, cache_dir
@@ -40,7 +42,7 @@ def melt(*args: object) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=env,
-        timeout=500,
+        timeout=scaled(500),
         stdin=subprocess.DEVNULL,
     )
 
@@ -98,3 +100,22 @@ def test_missing_gguf_model_is_a_one_line_error(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: {missing}: the model file does not exist (give --model the path of a .gguf file)"
     ]
+
+
+def test_another_gguf_under_the_same_name_is_another_configuration(tmp_path):
+    first, second = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    os.link(bundled_model_path(), first)
+    shutil.copyfile(bundled_model_path(), second)
+    with second.open("ab") as f:
+        f.write(b"\0")  # same name, different file
+    out = tmp_path / "run"
+    args = ("--out", out, "--limit", "1", "--max-tokens", "16", "--temperature", "0", "-q")
+    assert melt(CORPUS, "--model", first, *args).returncode in (0, 3)
+    refused = melt(CORPUS, "--model", second, *args)
+    assert refused.returncode == 2, refused.stderr
+    assert "model file (its sha256)" in refused.stderr and "--force-reuse" in refused.stderr
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["identity"]["backend"]["model"] == "model.gguf"
+    assert len(run_json["identity"]["backend"]["model_sha256"]) == 64

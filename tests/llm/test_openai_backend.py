@@ -78,15 +78,30 @@ def test_transient_failures_are_retryable(server, marker, reason_start, rate_lim
     assert f'"emotion": "{expected_emotion(f"hello {marker}")}"' in reply.content
 
 
+def test_a_schema_the_server_rejects_in_openais_form_is_sent_in_llama_cpps():
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": True},
+    }
+    with FakeOpenAIServer(reject_formats=("json_schema",), reject_status=500) as server:
+        reply = complete(server, ask('Ross at s1e2 said: "hi"', response_format=schema))
+        sent = server.entries()
+    assert "Ross" in reply.content
+    assert [(e["status"], e["response_format"], e["format_schema"]) for e in sent] == [
+        (500, "json_schema", False),
+        (200, "json_object", True),
+    ]
+
+
 def test_rejected_response_format_is_reported_for_fallback():
     schema = {
         "type": "json_schema",
         "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": True},
     }
-    with FakeOpenAIServer(reject_formats=("json_schema",)) as server:
+    with FakeOpenAIServer(reject_formats=("json_schema", "json_object")) as server:
         with pytest.raises(ResponseFormatRejected):
             complete(server, ask('Ross at s1e2 said: "hi"', response_format=schema))
-        reply = complete(server, ask('Ross at s1e2 said: "hi"', response_format={"type": "json_object"}))
+        reply = complete(server, ask('Ross at s1e2 said: "hi"', response_format=None))
     assert "Ross" in reply.content
 
 

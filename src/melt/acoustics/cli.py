@@ -36,6 +36,10 @@ def audio_extract(
 ) -> None:
     """Decode each row's clip to 16 kHz mono WAV and fill the table's audio, duration and audio_problem columns."""
     from melt.acoustics.audio import extract_audio
+    from melt.outputs import check_output_file, check_output_folder
+
+    check_output_folder(out)
+    check_output_file(table_out or corpus, option="--table-out")
 
     result = extract_audio(corpus, clips, out, table_out=table_out, workers=workers)
     _console.print(f"{result.converted} of {len(result.table)} utterances have audio in {out}")
@@ -65,11 +69,9 @@ def acoustics_extract(
 ) -> None:
     """eGeMAPSv02 functionals per utterance with openSMILE, in parallel, cached by audio content."""
     from melt.acoustics.features import extract_features
+    from melt.outputs import check_output_file
 
-    if out.suffix != ".parquet":
-        from melt.errors import MeltError
-
-        raise MeltError("the features file must end in .parquet", file=out)
+    check_output_file(out, suffixes=(".parquet",))
     features = extract_features(corpus, out, workers=workers, cache=cache)
     counts = features.attrs["melt"]
     failed = features["error"].notna()
@@ -100,6 +102,9 @@ def acoustics_check(
 ) -> None:
     """Score the voice descriptions (pitch, loudness, rhythm speed) against eGeMAPS bins: UAR, ACC, macro-F1."""
     from melt.acoustics.check import run_check, scores_table
+    from melt.outputs import check_output_folder
+
+    check_output_folder(out)
 
     columns = {"rhythm_speed": rate_feature} if rate_feature else None
     result = run_check(run_dir, features, out, per=per, feature_columns=columns, min_group=min_group)

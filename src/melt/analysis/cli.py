@@ -37,8 +37,11 @@ def compare_command(
     Example: melt compare ../shared/data/melt/meld_train.csv --reference Emotion --candidate llm_label --out cmp/
     """
     from melt.analysis.compare import compare_labels, load_labelled, write_comparison
-    from melt.corpus.labels import MELT_LABEL_SET, LabelSet
+    from melt.corpus.labels import MELT_LABEL_SET
+    from melt.outputs import check_output_folder
 
+    check_output_folder(out)
+    label_set = parse_labels(labels) if labels else MELT_LABEL_SET
     table, default_reference, default_candidate = load_labelled(input)
     reference = reference or default_reference
     candidate = candidate or default_candidate
@@ -47,7 +50,6 @@ def compare_command(
             raise MeltError(
                 f"no label column {column!r}; found {list(table.columns)}", file=input, column=column
             )
-    label_set = LabelSet.from_labels(labels.split(",")) if labels else MELT_LABEL_SET
     comparison = compare_labels(
         table[reference].tolist(),
         table[candidate].tolist(),
@@ -55,9 +57,28 @@ def compare_command(
         candidate_name=candidate,
         labels=label_set,
     )
+    if comparison.n == 0:
+        raise MeltError(
+            f"no utterance has both a {reference!r} and a {candidate!r} label ({comparison.missing} left out "
+            "for a missing label): nothing to compare",
+            file=input,
+        )
     summary = write_comparison(comparison, out, title=f"Label comparison: {input.name}")
     print_summary(summary)
     Console().print(f"report: {(out / 'report.html').resolve()}")
+
+
+def parse_labels(text: str):
+    """The label set of `--labels a,b,c`; a `MeltError` for fewer than two labels or a repeated one."""
+    from pydantic import ValidationError
+
+    from melt.corpus.labels import LabelSet
+
+    try:
+        return LabelSet.from_labels([label for label in text.split(",")])
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise MeltError(f"--labels {text!r}: {message}") from exc
 
 
 def print_summary(summary: dict) -> None:
@@ -70,11 +91,19 @@ def print_summary(summary: dict) -> None:
         table.add_row(label, str(count), str(summary["counts"]["candidate"].get(label, 0)))
     console.print(table)
     console.print(
-        f"n = {summary['n']}, changed = {summary['changed']} ({summary['change_rate']:.2%}), "
-        f"κ = {summary['cohen_kappa']:.4f}, α = {summary['krippendorff_alpha']:.4f}"
+        f"n = {summary['n']}, changed = {summary['changed']} ({_share(summary['change_rate'])}), "
+        f"κ = {_number(summary['cohen_kappa'])}, α = {_number(summary['krippendorff_alpha'])}"
         + (f", left out (missing label) = {summary['missing']}" if summary["missing"] else "")
     )
     if summary["off_label"]:
         console.print(
             "labels outside the set: " + ", ".join(f"{k} {v}" for k, v in summary["off_label"].items())
         )
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def _share(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.2%}"

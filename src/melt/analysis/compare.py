@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,8 @@ class Comparison:
             "n": self.n,
             "missing": self.missing,
             "changed": self.changed,
-            "change_rate": self.changed / self.n if self.n else float("nan"),
+            # Undefined measures (no pairs, a single class) are None: JSON null, never NaN.
+            "change_rate": self.changed / self.n if self.n else None,
             "counts": {
                 "reference": {k: int(v) for k, v in counts[self.reference_name].items()},
                 "candidate": {k: int(v) for k, v in counts[self.candidate_name].items()},
@@ -74,14 +76,24 @@ class Comparison:
                 ref: {cand: int(transition.loc[ref, cand]) for cand in transition.columns}
                 for ref in transition.index
             },
-            "cohen_kappa": metrics.cohen_kappa(self.reference, self.candidate, self.classes),
-            "krippendorff_alpha": metrics.krippendorff_alpha_nominal(
-                [[r, c] for r, c in zip(self.reference, self.candidate, strict=True)]
+            "cohen_kappa": _defined(metrics.cohen_kappa(self.reference, self.candidate, self.classes)),
+            "krippendorff_alpha": _defined(
+                metrics.krippendorff_alpha_nominal(
+                    [[r, c] for r, c in zip(self.reference, self.candidate, strict=True)]
+                )
             ),
             "off_label": off_all,
             "off_label_by_source": {"reference": off_reference, "candidate": off_candidate},
             "label_set": list(self.labels.labels),
         }
+
+
+def _defined(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _shown(value: float | None, form: str = "{:.4f}") -> str:
+    return "undefined" if value is None else form.format(value)
 
 
 def compare_labels(
@@ -180,15 +192,15 @@ def comparison_section(comparison: Comparison, summary: dict, out_dir: Path) -> 
         "utterances": str(summary["n"]),
         "left out (label missing)": str(summary["missing"]),
         "changed": str(summary["changed"]),
-        "change rate": f"{summary['change_rate']:.4f}",
-        "Cohen's κ": f"{summary['cohen_kappa']:.4f}",
-        "Krippendorff's α": f"{summary['krippendorff_alpha']:.4f}",
+        "change rate": _shown(summary["change_rate"]),
+        "Cohen's κ": _shown(summary["cohen_kappa"]),
+        "Krippendorff's α": _shown(summary["krippendorff_alpha"]),
     }
     agreement = pd.DataFrame(
         {"value": list(measures.values())}, index=pd.Index(list(measures), name="measure")
     )
     paragraphs = [
-        f"{summary['changed']} of {summary['n']} utterances ({summary['change_rate']:.2%}) carry a different label "
+        f"{summary['changed']} of {summary['n']} utterances ({_shown(summary['change_rate'], '{:.2%}')}) carry a different label "
         f"in {comparison.candidate_name} than in {comparison.reference_name}."
     ]
     if summary["off_label"]:
@@ -215,9 +227,8 @@ def write_comparison(comparison: Comparison, out_dir: str | Path, title: str = "
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary()
-    atomic_write(
-        out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    )
+    text = json.dumps(summary, indent=2, allow_nan=False)
+    atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     write_report(out_dir, title, [comparison_section(comparison, summary, out_dir)])
     return summary
 
@@ -237,10 +248,7 @@ def load_labelled(path: str | Path) -> tuple[pd.DataFrame, str, str]:
     run_json = path / "run.json"
     if not run_json.exists():
         raise MeltError("a folder given to compare must be a run directory with run.json", file=path)
-    try:
-        corpus_path = Path(json.loads(run_json.read_text(encoding="utf-8"))["corpus"])
-    except (ValueError, KeyError) as exc:
-        raise MeltError("run.json has no readable 'corpus' entry", file=run_json) from exc
+    corpus_path = _corpus_of_run(run_json)
     annotations_path = next(
         (p for p in (path / "annotations.parquet", path / "annotations.csv") if p.exists()), None
     )
@@ -254,7 +262,39 @@ def load_labelled(path: str | Path) -> tuple[pd.DataFrame, str, str]:
             f"the run's corpus table {corpus_path} (named in run.json) is gone; move it back or edit run.json",
             file=run_json,
         )
+    if not corpus_path.is_file():
+        raise MeltError(
+            f"the run's corpus {corpus_path} (named in run.json) is not a table file",
+            file=run_json,
+            column="corpus",
+        )
     corpus = read_table(corpus_path)
     overlap = [c for c in annotations.columns if c in corpus.columns and c != "id"]
     joined = corpus.merge(annotations.drop(columns=overlap), on="id", how="inner")
     return joined, "label", "emotion"
+
+
+def _corpus_of_run(run_json: Path) -> Path:
+    """The corpus table a run's run.json names: an absolute path, or one relative to the run folder."""
+    from melt.errors import MeltError
+
+    try:
+        data = json.loads(run_json.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MeltError(f"run.json is not readable JSON ({exc})", file=run_json) from exc
+    if not isinstance(data, dict) or "corpus" not in data:
+        raise MeltError("run.json has no 'corpus' entry", file=run_json)
+    corpus = data["corpus"]
+    if corpus is None:
+        raise MeltError(
+            "run.json names no corpus table (the run was given a DataFrame): compare annotations.parquet joined "
+            "to your table instead",
+            file=run_json,
+            column="corpus",
+        )
+    if not isinstance(corpus, str) or not corpus.strip():
+        raise MeltError(
+            f"'corpus' must be the path of a table, not {corpus!r}", file=run_json, column="corpus"
+        )
+    path = Path(corpus)
+    return path if path.is_absolute() else run_json.parent / path

@@ -7,9 +7,24 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from melt.annotate.config import AnnotateConfig
-    from melt.annotate.run import CostEstimate, RunResult, estimate_run, load_corpus, run_annotation
+    from melt.annotate.run import (
+        CostEstimate,
+        RunInterrupted,
+        RunResult,
+        estimate_run,
+        load_corpus,
+        run_annotation,
+    )
 
-__all__ = ["AnnotateConfig", "CostEstimate", "RunResult", "estimate_run", "load_corpus", "run_annotation"]
+__all__ = [
+    "AnnotateConfig",
+    "CostEstimate",
+    "RunInterrupted",
+    "RunResult",
+    "estimate_run",
+    "load_corpus",
+    "run_annotation",
+]
 
 _HOME = {"AnnotateConfig": "melt.annotate.config"} | {
     name: "melt.annotate.run" for name in __all__ if name != "AnnotateConfig"

@@ -32,7 +32,7 @@ def annotate_command(
         None, "--n-ctx", help="Local models: fixed context size in tokens (default: grows to fit the prompt)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="Local models: CPU threads (default: all cores)."
+        None, "--threads", help="Local models: CPU threads (default: see docs/local.md)."
     ),
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY)."
@@ -47,27 +47,43 @@ def annotate_command(
     seed: int | None = typer.Option(None, "--seed", help="Seed sent to the server (sample i gets seed + i)."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Reply length cap (default 800)."),
     concurrency: int | None = typer.Option(
-        None, "--concurrency", "-j", help="Requests in flight (default 8)."
+        None,
+        "--concurrency",
+        "-j",
+        help="Most requests in flight (default 8; halved on 429s and timeouts, then regained).",
     ),
-    timeout: float | None = typer.Option(
-        None, "--timeout", help="Seconds to wait for one reply (default 60)."
-    ),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds for one whole reply (default 60)."),
     max_retries: int | None = typer.Option(None, "--max-retries", help="Retries per request (default 6)."),
+    backoff_max: float | None = typer.Option(
+        None,
+        "--backoff-max",
+        help="Longest wait before a retry, in seconds (default 60); a server asking to wait longer stops the "
+        "run (rerun later).",
+    ),
     max_cost: float | None = typer.Option(
         None, "--max-cost", help="Stop before this invocation spends more USD."
     ),
     limit: int | None = typer.Option(None, "--limit", help="Annotate only the first N utterances."),
     no_logprobs: bool = typer.Option(False, "--no-logprobs", help="Do not ask for log probabilities."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Estimate tokens and cost; send nothing."),
+    force_reuse: bool = typer.Option(
+        False,
+        "--force-reuse",
+        help="Use OUT although its replies came from another server, model or prompt settings (replies are "
+        "reused only where the request is the same).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Annotate every utterance with an LLM: the MELT description, validated, resumable, at a known cost.
 
-    Rerunning the same command resumes: replies already in OUT are never requested again. Exit status 3 when
-    utterances are left pending (budget reached) or failed (server errors beyond the retries): rerun to finish.
+    Rerunning the same command resumes: replies already in OUT are never requested again.
+
+    OUT belongs to one process at a time and to one configuration (server, model, prompt, request settings).
+
+    Exit status: 2 on an error; 3 when utterances are left pending (budget, a server asking to wait) or failed (rerun to finish); 130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
     """
     from melt.annotate.config import AnnotateConfig
-    from melt.annotate.run import estimate_run, run_annotation
+    from melt.annotate.run import RunInterrupted, estimate_run, run_annotation
 
     config = AnnotateConfig.load(
         config_file,
@@ -86,18 +102,28 @@ def annotate_command(
         concurrency=concurrency,
         timeout=timeout,
         max_retries=max_retries,
+        backoff_max=backoff_max,
         max_cost=max_cost,
         limit=limit,
         logprobs=False if no_logprobs else None,
     )
     console = Console(highlight=False)
     if dry_run:
-        estimate = estimate_run(corpus, config, out)
+        estimate = estimate_run(corpus, config, out, force_reuse=force_reuse)
         console.print(estimate_table(estimate))
         return
-    result = run_annotation(corpus, config, out, progress=not quiet)
+    interrupted = None
+    try:
+        result = run_annotation(corpus, config, out, progress=not quiet, force_reuse=force_reuse)
+    except RunInterrupted as exc:
+        result, interrupted = exc.result, exc
     console.print(summary_table(result))
     counts = result.annotations["status"].value_counts()
+    if result.stats.stop_reason:
+        console.print(
+            f"stopped: {result.stats.stop_reason}; {counts.get('pending', 0)} utterance(s) pending; rerun to "
+            "continue"
+        )
     if result.stats.stopped_by_budget:
         console.print(
             f"stopped by --max-cost ${config.max_cost:g}: {counts.get('pending', 0)} utterance(s) pending; "
@@ -108,6 +134,8 @@ def annotate_command(
             f"{counts['failed']} utterance(s) failed after retries (see 'error'); rerun to retry them"
         )
     console.print(f"wrote {out / 'annotations.parquet'}, {out / 'annotations.csv'} and {out / 'run.json'}")
+    if interrupted is not None:
+        raise typer.Exit(128 + interrupted.signal)
     if not result.complete:
         raise typer.Exit(EXIT_INCOMPLETE)
 
@@ -157,6 +185,8 @@ def summary_table(result) -> Table:
     table.add_row("HTTP attempts", str(stats.sent))
     retries = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.retries.items())) or "none"
     table.add_row("retries", f"{sum(stats.retries.values())} ({retries})")
+    if stats.lowest_concurrency < stats.concurrency:
+        table.add_row("requests in flight, lowest limit", str(stats.lowest_concurrency))
     if stats.format_fallbacks:
         table.add_row("answer format fallbacks", "; ".join(stats.format_fallbacks))
     table.add_row("answer format", result.response_format)

@@ -35,7 +35,9 @@ class AnnotateConfig(BaseModel):
     n_ctx: int | None = Field(
         None, ge=16, description="local models: fixed context size (default: fit the prompt)"
     )
-    threads: int | None = Field(None, ge=1, description="local models: CPU threads (default: all cores)")
+    threads: int | None = Field(
+        None, ge=1, description="local models: CPU threads (default: see docs/local.md, 'Threads')"
+    )
 
     # What is asked.
     prompt: str = Field("melt", description="melt, dialogue, cot, or a template file")
@@ -54,11 +56,15 @@ class AnnotateConfig(BaseModel):
     repair: bool = Field(True, description="re-ask once with the validation error when an answer is invalid")
 
     # How hard to try.
-    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight")
-    timeout: float = Field(60.0, gt=0, description="seconds to wait for one reply")
+    concurrency: int = Field(
+        8, ge=1, le=1024, description="most requests in flight (lowered on 429s and timeouts, then regained)"
+    )
+    timeout: float = Field(60.0, gt=0, description="seconds for one whole reply")
     max_retries: int = Field(6, ge=0, description="retries of one request after rate limits, 5xx, timeouts")
     backoff_base: float = Field(1.0, ge=0, description="first backoff in seconds, doubled on each retry")
-    backoff_max: float = Field(60.0, ge=0)
+    backoff_max: float = Field(
+        60.0, ge=0, description="longest wait before a retry; a server asking for longer stops the run"
+    )
 
     # What it may cost.
     max_cost: float | None = Field(None, ge=0, description="USD this invocation may spend")
@@ -81,11 +87,11 @@ class AnnotateConfig(BaseModel):
                 raise MeltError(f"not valid YAML ({exc})", file=path) from exc
             if not isinstance(data, dict):
                 raise MeltError("expected a mapping of settings", file=path)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
             labels = data.get("labels")
             if isinstance(labels, list):  # a bare list of labels is the common case
                 data["labels"] = LabelSet.from_labels(labels).model_dump()
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
             return cls.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
@@ -94,9 +100,10 @@ class AnnotateConfig(BaseModel):
             raise MeltError(f"invalid annotation settings: {problems}", file=path) from exc
 
     def public(self) -> dict[str, Any]:
-        """The settings as recorded in run.json: credentials in a base URL's user part are masked."""
+        """The settings as recorded in run.json: a base URL without its credentials."""
+        from melt.llm.openai import safe_url
+
         data = self.model_dump(mode="json")
-        if self.base_url and "@" in self.base_url.split("//", 1)[-1].split("/", 1)[0]:
-            scheme, rest = self.base_url.split("//", 1) if "//" in self.base_url else ("", self.base_url)
-            data["base_url"] = f"{scheme}//***@{rest.split('@', 1)[1]}"
+        if self.base_url:
+            data["base_url"] = safe_url(self.base_url)
         return data

@@ -1,15 +1,24 @@
 """The annotation run: ask the model about every utterance, remember every reply, validate, aggregate.
 
-Work is a list of (utterance, sample) jobs taken by `concurrency` worker coroutines. A job asks once, and
-once more with the validation error if the answer is unusable. Every request goes through the store first:
-a reply paid for in an earlier invocation is reused, never requested again. The engine owns retries (with
-backoff, honouring Retry-After, pausing every worker after a 429), the answer-format fallback, and the
-budget; backends only classify failures (see `melt.llm.base`).
+Work is a list of (utterance, sample) jobs taken by worker coroutines. A job asks once, and once more with the
+validation error if the answer is unusable. Every request goes through the store first: a reply paid for in an
+earlier invocation is reused, never requested again. The engine owns retries, the answer-format fallback, the
+budget and the pace; backends only classify failures (see `melt.llm.base`).
+
+Pace: requests in flight are bounded by an adaptive limit (`InFlightLimit`): halved when the server says it has
+too much (a 429, a timeout), grown back on successes, never above --concurrency (nor above what the backend
+can serve at once). A 429 delays only the request that got it, by the server's Retry-After. When the server
+reports its rate limits (`x-ratelimit-*`), `Pacer` spaces requests at the rate it refills them.
+
+Stopping: `stop()` sends nothing more; requests in flight get a grace period to finish and be stored (a paid
+reply is worth waiting for), then are cancelled. A failed store write, a fatal backend error, a signal, the
+budget, or a server asking to wait longer than --backoff-max all stop the run this way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import math
@@ -21,9 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from melt.annotate.config import RESPONSE_FORMATS, AnnotateConfig
-from melt.annotate.store import RequestStore, StoredReply, request_key
+from melt.annotate.store import RequestStore, StoredReply, StoreWriteError, request_key
 from melt.annotate.validate import Validation, label_confidence, validate_reply
-from melt.llm.base import Backend, BackendError, ChatRequest, ResponseFormatRejected, RetryableError
+from melt.llm.base import (
+    Backend,
+    BackendError,
+    ChatReply,
+    ChatRequest,
+    RateLimitState,
+    RequestFailed,
+    ResponseFormatRejected,
+    RetryableError,
+)
 from melt.llm.openai import RAW_RESPONSE
 from melt.llm.pricing import Price
 from melt.prompts import PromptConfig, repair_messages, response_format
@@ -39,6 +57,13 @@ ANSWER_FIELDS: tuple[str, ...] = (
 )
 #: Characters per token for estimates before the server has reported real counts; low, so estimates are high.
 CHARS_PER_TOKEN = 3.0
+#: A token is at least about a character for every tokenizer in use (one byte at worst, four per character):
+#: counts beyond these bounds are a server's bug, never billed.
+_TOKENS_PER_CHAR_MAX = 4
+_TOKENS_SLACK = 4096
+#: The tiny request that finds out which answer format a server takes ("JSON" must be in the messages for
+#: OpenAI's json_object mode).
+PROBE_MESSAGES = ({"role": "user", "content": "Reply with a JSON object and nothing else."},)
 
 
 @dataclass
@@ -66,7 +91,7 @@ class SampleOutcome:
 @dataclass
 class RunStats:
     """What this invocation did. `requests` are logical requests (answers and re-asks); `sent` counts HTTP
-    attempts, so `sent - completed` are the attempts lost to faults."""
+    attempts, so `sent - completed` are the attempts lost to faults (the format probe included)."""
 
     requests: int = 0
     cached: int = 0
@@ -76,10 +101,19 @@ class RunStats:
     repairs: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     format_fallbacks: list[str] = field(default_factory=list)
+    probes: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
     stopped_by_budget: bool = False
+    #: why the run stopped before finishing (interrupted, the server asked to wait too long, ...), else None
+    stop_reason: str | None = None
+    #: the signal that interrupted the run (SIGINT, SIGTERM), else None
+    interrupted: str | None = None
+    #: the most requests in flight allowed (--concurrency, or less for a backend that serves fewer at once)
+    concurrency: int = 0
+    #: the lowest the adaptive in-flight limit went (429s and timeouts halve it)
+    lowest_concurrency: int = 0
     elapsed_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -116,7 +150,37 @@ def stored_key(model: str, request: ChatRequest, sample: int) -> tuple[str, str]
     return request_key(model, fields, sample)
 
 
-class _OutOfBudget(Exception):
+def backend_identity(backend: Backend) -> dict[str, Any]:
+    """What decides a backend's replies (see `melt.llm.base`)."""
+    identity = getattr(backend, "identity", None)
+    return dict(identity()) if callable(identity) else {"kind": backend.name, "model": backend.model}
+
+
+def implausible_usage(request: ChatRequest, reply: ChatReply) -> str | None:
+    """Why the token counts of a reply cannot be right, or None. A server's bug must not be billed."""
+    chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+    if request.response_format is not None:
+        chars += len(json.dumps(request.response_format))  # a schema is part of the prompt's tokens
+    prompt_cap = _TOKENS_PER_CHAR_MAX * chars + _TOKENS_SLACK
+    completion_cap = _TOKENS_PER_CHAR_MAX * max(request.max_tokens or 0, len(reply.content)) + _TOKENS_SLACK
+    if reply.prompt_tokens > prompt_cap:
+        return (
+            f"implausible usage from the server: {reply.prompt_tokens} prompt tokens for a request of {chars} "
+            "characters (not billed)"
+        )
+    if reply.completion_tokens > completion_cap:
+        return (
+            f"implausible usage from the server: {reply.completion_tokens} completion tokens for a reply of "
+            f"{len(reply.content)} characters with max_tokens {request.max_tokens} (not billed)"
+        )
+    return None
+
+
+class _Stopped(Exception):
+    """The run is stopping: send nothing more."""
+
+
+class _OutOfBudget(_Stopped):
     """Sending the next request could exceed --max-cost."""
 
 
@@ -124,6 +188,140 @@ class _GaveUp(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class InFlightLimit:
+    """How many requests may be in flight: additive increase, multiplicative decrease (AIMD).
+
+    `congested()` halves the limit: on every timeout, and on a 429 when 429s are frequent (`FREQUENT` of the
+    recent replies), once per round (a request sent before the last decrease reports the congestion that
+    decrease already answered). An isolated 429 among many successes says nothing about the load:
+    that request waits the server's Retry-After, the others go on. `succeeded()`, for a request sent since
+    the last decrease, grows the limit back: by one per success up to where the last decrease happened while
+    429s stay rare, otherwise by one per round of successes (probing); never above `maximum`."""
+
+    #: Share of recent replies that are 429s above which a 429 means the server is at its limit.
+    FREQUENT = 0.05
+    #: Replies the share is averaged over (an exponential moving average).
+    WINDOW = 50
+
+    def __init__(self, maximum: int):
+        self.maximum = max(1, maximum)
+        self.limit = float(self.maximum)
+        self.lowest = self.maximum
+        self.in_flight = 0
+        self.closed = False
+        #: recent share of replies that were 429s
+        self.rate_limited_share = 0.0
+        self._round = 0
+        self._recover_to = float(self.maximum)
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def cap(self, maximum: int) -> None:
+        self.maximum = max(1, min(self.maximum, maximum))
+        self.limit = min(self.limit, self.maximum)
+        self.lowest = min(self.lowest, self.maximum)
+        self._recover_to = min(self._recover_to, self.maximum)
+
+    async def acquire(self) -> int:
+        """Wait for a free place; returns the round the request is sent in (for `congested`)."""
+        while self.in_flight >= int(self.limit) and not self.closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+        if self.closed:
+            raise _Stopped
+        self.in_flight += 1
+        return self._round
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    @property
+    def overloaded(self) -> bool:
+        """429s are frequent: the server is at its limit."""
+        return self.rate_limited_share >= self.FREQUENT
+
+    def congested(self, sent_in_round: int, *, rate_limited: bool) -> None:
+        if rate_limited:
+            self.rate_limited_share += (1.0 - self.rate_limited_share) / self.WINDOW
+            if self.rate_limited_share < self.FREQUENT or sent_in_round != self._round:
+                return
+        # Every timeout halves: each is a request that waited the whole timeout, and on a server that works on
+        # fewer requests than it is sent, the ones that time out were queued behind the others, so the round
+        # they were sent in says nothing.
+        self._round += 1
+        self._recover_to = self.limit
+        self.limit = max(1.0, self.limit / 2)
+        self.lowest = min(self.lowest, int(self.limit))
+
+    def succeeded(self, sent_in_round: int) -> None:
+        self.rate_limited_share -= self.rate_limited_share / self.WINDOW
+        if self.limit >= self.maximum or sent_in_round != self._round:
+            return
+        fast = self.limit < self._recover_to and self.rate_limited_share < self.FREQUENT
+        self.limit = min(self.limit + (1.0 if fast else 1.0 / self.limit), float(self.maximum))
+        self._wake()
+
+    def close(self) -> None:
+        """Every waiter stops waiting (and raises `_Stopped`)."""
+        self.closed = True
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake(self) -> None:
+        free = int(self.limit) - self.in_flight
+        while free > 0 and self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
+class Pacer:
+    """Spaces requests when the server says its rate limit is nearly used up (`x-ratelimit-*` headers).
+
+    With plenty left, nothing is paced. Below a low-water mark, requests go out at the rate the server refills
+    its limit: (limit - remaining) / reset for a bucket that refills continuously (OpenAI's `reset` is the time
+    until the limit is whole again), or remaining / reset when the server does not give its limit."""
+
+    def __init__(self) -> None:
+        self.interval = 0.0
+        self._next = 0.0
+        self.tokens_per_request = 0.0
+
+    def observe(self, state: RateLimitState | None, in_flight: int) -> None:
+        if state is None:
+            return
+        interval = 0.0
+        for kind, (limit, remaining, reset) in state.kinds.items():
+            cost = 1.0 if kind == "requests" else self.tokens_per_request
+            if cost <= 0 or remaining >= 2 * cost * max(in_flight, 1) + cost:
+                continue
+            if limit is not None and limit > remaining and reset > 0:
+                rate = (limit - remaining) / reset
+            elif reset > 0:
+                rate = max(remaining, 1.0) / reset
+            else:
+                continue
+            interval = max(interval, cost / rate)
+        self.interval = interval
+
+    def delay(self) -> float:
+        """Seconds the next request waits; reserves its slot."""
+        if self.interval <= 0:
+            return 0.0
+        now = time.monotonic()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        return at - now
 
 
 class Annotator:
@@ -143,22 +341,43 @@ class Annotator:
         self.price = price
         self.on_job_done = on_job_done
         self.stats = RunStats()
-        self._format_key = f"response_format:{getattr(backend, 'base_url', backend.name)}:{backend.model}"
+        self.identity = backend_identity(backend)
+        self._profile_key = "server:" + json.dumps(self.identity, sort_keys=True)
         self.format_level = self._initial_format_level()
         self._schema_format = response_format(prompt)
-        self._paused_until = 0.0
+        self.limit = InFlightLimit(config.concurrency)
+        backend_cap = getattr(backend, "max_concurrency", None)
+        if backend_cap:
+            self.limit.cap(backend_cap)
+        self.pacer = Pacer()
+        self._profile: asyncio.Future[None] | None = None
         self._reserved = 0.0
         # Set whenever a request gives back its reservation, so requests waiting for budget look again.
         self._budget_freed = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._tokens_per_char = 1 / CHARS_PER_TOKEN
+        self._workers: list[asyncio.Task[None]] = []
+        self._grace: asyncio.TimerHandle | None = None
+        #: the error that stopped the run, raised once the run has wound down
+        self.fatal: BaseException | None = None
+        store.on_failure = lambda error: self.stop(str(error), fatal=error, grace=0)
 
     def _initial_format_level(self) -> str:
         if self.prompt.free_text_reply:
             return "text"  # reasoning first, JSON last: a JSON response format would suppress the reasoning
         if self.config.response_format != "auto":
             return self.config.response_format
-        remembered = self.store.meta(self._format_key)
-        return remembered if remembered in RESPONSE_FORMATS else RESPONSE_FORMATS[0]
+        remembered = self.store.meta_json(self._profile_key) or {}
+        level = remembered.get("level") if isinstance(remembered, dict) else None
+        return level if level in RESPONSE_FORMATS else RESPONSE_FORMATS[0]
+
+    @property
+    def in_flight(self) -> int:
+        return self.limit.in_flight
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
 
     # -- the run ------------------------------------------------------------------------------------------
 
@@ -168,21 +387,66 @@ class Annotator:
             u.id: [SampleOutcome("pending") for _ in range(self.config.samples)] for u in utterances
         }
         jobs = ((u, s) for u in utterances for s in range(self.config.samples))
-        workers = [asyncio.create_task(self._worker(jobs, outcomes)) for _ in range(self.config.concurrency)]
+        workers = min(self.config.concurrency, max(1, len(utterances) * self.config.samples))
+        self._workers = [asyncio.create_task(self._worker(jobs, outcomes)) for _ in range(workers)]
         try:
-            await asyncio.gather(*workers)
+            results = await asyncio.gather(*self._workers, return_exceptions=True)
         finally:
-            for worker in workers:
+            for worker in self._workers:
                 worker.cancel()
+            if self._grace is not None:
+                self._grace.cancel()
+            if self._profile is not None and not self._profile.done():
+                # The probe outlives the workers only when they were cancelled (a second Ctrl-C): it must not
+                # write to the store after the run has closed it.
+                self._profile.cancel()
+                await asyncio.gather(self._profile, return_exceptions=True)
             self.stats.elapsed_s = time.perf_counter() - started
+            self.stats.concurrency = self.limit.maximum
+            self.stats.lowest_concurrency = self.limit.lowest
+        errors = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+        ]
+        if errors:
+            raise errors[0]
         return outcomes
+
+    def stop(self, reason: str, *, fatal: BaseException | None = None, grace: float | None = None) -> None:
+        """Send nothing more. Requests in flight have `grace` seconds (default: the timeout, at most 30 s) to
+        finish and be stored; then they are cancelled. `fatal` is raised once the run has wound down."""
+        if fatal is not None and self.fatal is None:
+            self.fatal = fatal
+        if self.stats.stop_reason is None and not isinstance(fatal, BaseException):
+            self.stats.stop_reason = reason
+        first = not self._stopped.is_set()
+        self._stopped.set()
+        self._budget_freed.set()
+        self.limit.close()
+        abort = getattr(self.backend, "abort", None)
+        if callable(abort):
+            abort()  # a local model stops generating (nothing is paid for there)
+        grace = min(self.config.timeout, 30.0) if grace is None else grace
+        if grace <= 0:
+            self.cancel_in_flight()
+        elif first and self._workers:
+            self._grace = asyncio.get_running_loop().call_later(grace, self.cancel_in_flight)
+
+    def cancel_in_flight(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
 
     async def _worker(
         self, jobs: Iterator[tuple[Utterance, int]], outcomes: dict[str, list[SampleOutcome]]
     ) -> None:
         # One shared generator: the event loop is single-threaded, so next() never hands a job out twice.
         for utterance, sample in jobs:
-            outcomes[utterance.id][sample] = await self._sample(utterance, sample)
+            if self.stopping:
+                return
+            try:
+                outcomes[utterance.id][sample] = await self._sample(utterance, sample)
+            except (BackendError, StoreWriteError) as exc:
+                self.stop(str(exc), fatal=exc, grace=0 if isinstance(exc, StoreWriteError) else None)
+                return
             if self.on_job_done:
                 self.on_job_done(self.stats)
 
@@ -199,8 +463,10 @@ class Annotator:
                 reply = await self._request(utterance, sample, 1, messages, outcome)
                 validation = validate_reply(reply.content, self.prompt, utterance.speaker)
                 validation.flags.append("re_asked")
-        except _OutOfBudget:
-            self.stats.stopped_by_budget = True
+        except _Stopped as exc:
+            # Pending, with what its requests so far cost (an answer paid for, its re-ask not sent).
+            if isinstance(exc, _OutOfBudget):
+                self.stats.stopped_by_budget = True
             outcome.status = "pending"
             return outcome
         except _GaveUp as exc:
@@ -243,6 +509,11 @@ class Annotator:
                 self.stats.cached += 1
                 self._account(outcome, stored.prompt_tokens, stored.completion_tokens, stored.cost_usd)
                 return stored
+            if self.stopping:
+                raise _Stopped
+            await self._know_server()
+            if self.format_level != level:
+                continue  # the probe chose a weaker format: this request is a different one
             try:
                 return await self._send(utterance, sample, turn, request, key, request_json, outcome)
             except ResponseFormatRejected as exc:
@@ -256,7 +527,73 @@ class Annotator:
             raise BackendError(f"the server rejected response_format {level!r}: {exc}") from exc
         self.format_level = RESPONSE_FORMATS[position + 1]
         self.stats.format_fallbacks.append(f"{level} -> {self.format_level}")
-        self.store.set_meta(self._format_key, self.format_level)
+        self._remember_server()
+
+    # -- the server: its family and the answer format it takes, found once and remembered ----------------------
+
+    async def _know_server(self) -> None:
+        if self._profile is None:
+            self._profile = asyncio.ensure_future(self._learn_server())
+        # Shielded: a worker cancelled while waiting must not cancel the probe the others wait for.
+        await asyncio.shield(self._profile)
+
+    async def _learn_server(self) -> None:
+        remembered = self.store.meta_json(self._profile_key)
+        use = getattr(self.backend, "use_server_profile", None)
+        if isinstance(remembered, dict) and isinstance(remembered.get("server"), dict) and callable(use):
+            use(remembered["server"])
+        else:
+            detect = getattr(self.backend, "detect_server", None)
+            if not callable(detect):
+                return
+            await detect()  # an unreachable server stops the run here, before any paid request
+            if self.config.response_format == "auto" and self.format_level != "text":
+                await self._probe_format()
+            self._remember_server()
+        cap = getattr(self.backend, "max_concurrency", None)
+        if cap:
+            self.limit.cap(cap)
+
+    async def _probe_format(self) -> None:
+        """One tiny request per answer format until the server takes one. A transient failure ends the probe:
+        the run then learns from the rejections of real requests, as it would without a probe."""
+        while not self.stopping:
+            level = self.format_level
+            request = chat_request(self.config, self._schema_format, list(PROBE_MESSAGES), 0, level)
+            request = dataclasses.replace(
+                request, max_tokens=16, temperature=0.0, logprobs=False, top_logprobs=None
+            )
+            reservation = await self._reserve(request)
+            self.stats.sent += 1
+            self.stats.probes += 1
+            try:
+                reply = await self.backend.complete(request)
+            except ResponseFormatRejected as exc:
+                self._fall_back(level, exc)
+                continue
+            except (RetryableError, RequestFailed):
+                return
+            finally:
+                self._reserved -= reservation
+                self._budget_freed.set()
+            if implausible_usage(request, reply) is None:
+                # Kept in the store (turn -1, no utterance), so the folder's totals include what it cost.
+                cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
+                key, request_json = stored_key(self.backend.model, request, 0)
+                self.store.put_done(key, utterance_id="", sample=0, turn=-1, request_json=request_json,
+                                    content=reply.content, finish_reason=reply.finish_reason, logprobs=None,
+                                    raw_response=reply.extra.get(RAW_RESPONSE), prompt_tokens=reply.prompt_tokens,
+                                    completion_tokens=reply.completion_tokens, cost_usd=cost, attempts=1,
+                                    started=time.time())  # fmt: skip
+                self._count(reply.prompt_tokens, reply.completion_tokens, cost)
+            return
+
+    def _remember_server(self) -> None:
+        profile = getattr(self.backend, "server_profile", None)
+        self.store.set_meta_json(
+            self._profile_key,
+            {"level": self.format_level, "server": profile() if callable(profile) else {}},
+        )
 
     async def _send(
         self,
@@ -273,27 +610,52 @@ class Annotator:
         attempts = 0
         try:
             while True:
-                await self._wait_for_pause()
-                attempts += 1
-                self.stats.sent += 1
+                if self.stopping:
+                    raise _Stopped
+                sent_in = await self.limit.acquire()
                 try:
+                    delay = self.pacer.delay()
+                    if delay:
+                        await self._sleep(delay)
+                    attempts += 1
+                    self.stats.sent += 1
                     reply = await self.backend.complete(request)
                 except RetryableError as exc:
-                    kind = exc.reason.split(":", 1)[0]
-                    if attempts > self.config.max_retries:
-                        self.stats.failed += 1
-                        reason = f"gave up after {attempts} attempts: {exc.reason}"
-                        self.store.put_failed(key, utterance_id=utterance.id, sample=sample, turn=turn,
-                                              request_json=request_json, error=reason, attempts=attempts,
-                                              started=started)  # fmt: skip
-                        raise _GaveUp(reason) from exc
-                    self.stats.retries[kind] += 1
-                    await self._back_off(attempts, exc)
+                    if exc.rate_limited or exc.timed_out:
+                        self.limit.congested(sent_in, rate_limited=exc.rate_limited)
+                    # While 429s are frequent, a rate-limited request keeps its place as it waits the server's
+                    # Retry-After: it is still part of the load, and a place freed at once would go to a request
+                    # that the same limit refuses a millisecond later. A sporadic 429 frees its place.
+                    hold = exc.rate_limited and exc.retry_after is not None and self.limit.overloaded
+                    if not hold:
+                        self.limit.release()
+                    try:
+                        if self.stopping:
+                            raise _Stopped from exc
+                        self.pacer.observe(exc.rate_limits, self.limit.in_flight)
+                        await self._retry_or_give_up(
+                            exc, attempts, utterance, sample, turn, key, request_json, started
+                        )
+                    finally:
+                        if hold:
+                            self.limit.release()
                     continue
+                except RequestFailed as exc:
+                    self.limit.release()
+                    self._give_up(exc.reason, utterance, sample, turn, key, request_json, attempts, started)
+                except BaseException:
+                    self.limit.release()
+                    raise
+                self.limit.release()
+                self.limit.succeeded(sent_in)
+                self.pacer.observe(reply.rate_limits, self.limit.in_flight)
                 break
         finally:
             self._reserved -= reservation
             self._budget_freed.set()
+        absurd = implausible_usage(request, reply)
+        if absurd is not None:
+            self._give_up(absurd, utterance, sample, turn, key, request_json, attempts, started)
         cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
         self.store.put_done(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
                             content=reply.content, finish_reason=reply.finish_reason, logprobs=reply.logprobs,
@@ -301,17 +663,48 @@ class Annotator:
                             prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                             cost_usd=cost, attempts=attempts, started=started)  # fmt: skip
         self.stats.completed += 1
-        self.stats.prompt_tokens += reply.prompt_tokens
-        self.stats.completion_tokens += reply.completion_tokens
-        self.stats.cost_usd = (
-            None if cost is None or self.stats.cost_usd is None else self.stats.cost_usd + cost
-        )
+        self._count(reply.prompt_tokens, reply.completion_tokens, cost)
         if reply.prompt_tokens:
             chars = sum(len(m.get("content", "")) for m in request.messages)
             self._tokens_per_char = max(self._tokens_per_char, reply.prompt_tokens / max(chars, 1))
+            self.pacer.tokens_per_request = reply.prompt_tokens + (request.max_tokens or 0)
         self._account(outcome, reply.prompt_tokens, reply.completion_tokens, cost)
         return StoredReply(reply.content, reply.prompt_tokens, reply.completion_tokens, cost,
                            reply.finish_reason, reply.logprobs)  # fmt: skip
+
+    async def _retry_or_give_up(
+        self, exc: RetryableError, attempts: int, utterance: Utterance, sample: int, turn: int, key: str,
+        request_json: str, started: float,
+    ) -> None:  # fmt: skip
+        kind = exc.reason.split(":", 1)[0]
+        if exc.retry_after is not None and exc.retry_after > self.config.backoff_max:
+            wait = "an unbounded time" if math.isinf(exc.retry_after) else f"{exc.retry_after:.0f} s"
+            self.stop(
+                f"the server asks to wait {wait} ({kind}), more than --backoff-max "
+                f"{self.config.backoff_max:g} s; rerun later"
+            )
+            raise _Stopped
+        if attempts > self.config.max_retries:
+            self._give_up(f"gave up after {attempts} attempts: {exc.reason}", utterance, sample, turn, key,
+                          request_json, attempts, started)  # fmt: skip
+        self.stats.retries[kind] += 1
+        await self._sleep(self._backoff(attempts, exc))
+
+    def _give_up(
+        self, reason: str, utterance: Utterance, sample: int, turn: int, key: str, request_json: str,
+        attempts: int, started: float,
+    ) -> None:  # fmt: skip
+        self.stats.failed += 1
+        self.store.put_failed(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
+                              error=reason, attempts=attempts, started=started)  # fmt: skip
+        raise _GaveUp(reason)
+
+    def _count(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        self.stats.cost_usd = (
+            None if cost is None or self.stats.cost_usd is None else self.stats.cost_usd + cost
+        )
 
     @staticmethod
     def _account(
@@ -331,6 +724,8 @@ class Annotator:
         while True:
             if self.stats.stopped_by_budget:
                 raise _OutOfBudget
+            if self.stopping:
+                raise _Stopped
             if (self.stats.cost_usd or 0.0) + self._reserved + worst <= self.config.max_cost:
                 self._reserved += worst
                 return worst
@@ -340,25 +735,23 @@ class Annotator:
             self._budget_freed.clear()
             await self._budget_freed.wait()
 
-    async def _wait_for_pause(self) -> None:
-        while (delay := self._paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+    async def _sleep(self, delay: float) -> None:
+        """Sleep, unless the run stops meanwhile (then `_Stopped`)."""
+        if delay <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+        except TimeoutError:
+            return
+        raise _Stopped
 
-    async def _back_off(self, attempt: int, exc: RetryableError) -> None:
+    def _backoff(self, attempt: int, exc: RetryableError) -> float:
         if exc.retry_after is not None:
-            delay = min(exc.retry_after, self.config.backoff_max) + random.uniform(
-                0, 0.1 * self.config.backoff_base
-            )
-        else:
-            # Exponential with jitter, so many workers hit by one outage do not come back in lockstep.
-            delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.0)
-        if exc.rate_limited:
-            # The limit is the account's, not this request's: every worker waits.
-            self._paused_until = max(self._paused_until, time.monotonic() + delay)
-            await self._wait_for_pause()
-        else:
-            await asyncio.sleep(delay)
+            # What the server asked, and a little more so requests told the same do not return in lockstep.
+            return exc.retry_after + random.uniform(0, 0.1 * max(exc.retry_after, self.config.backoff_base))
+        # Exponential with jitter, so many requests hit by one outage do not come back in lockstep.
+        delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
+        return delay * random.uniform(0.5, 1.0)
 
 
 def aggregate(utterance_id: str, outcomes: list[SampleOutcome]) -> dict[str, Any]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
+import sys
+import threading
 from collections import Counter
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -25,15 +28,24 @@ from melt.annotate.engine import (
     RunStats,
     Utterance,
     aggregate,
+    backend_identity,
     chat_request,
     stored_key,
 )
+from melt.annotate.folder import (
+    RunLock,
+    check_folder,
+    claim_folder,
+    folder_identity,
+    remove_stale_temporaries,
+)
 from melt.annotate.store import STORE_NAME, RequestStore
-from melt.corpus.schema import atomic_write, conform, read_any, require_columns, write_table
+from melt.corpus.schema import conform, read_any, require_columns
 from melt.errors import MeltError
 from melt.llm import choose_backend, make_backend
 from melt.llm.base import Backend
 from melt.llm.pricing import Price, price_of
+from melt.outputs import check_output_folder, write_together
 from melt.prompts import PromptConfig, build_messages, response_format
 
 OUTPUT_COLUMNS: tuple[str, ...] = (
@@ -74,10 +86,22 @@ class RunResult:
     response_format: str
     backend: str
     model: str
+    #: what decides the folder's replies (see `melt.annotate.folder`)
+    identity: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
         return bool(self.annotations["status"].isin(["ok", "invalid"]).all())
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run: the replies in flight were waited for and stored, and the tables and
+    run.json written. `result` is the run so far; `signal` the signal's number (the CLI exits 128 + it)."""
+
+    def __init__(self, result: RunResult, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.result = result
+        self.signal = signum
 
 
 @dataclass
@@ -153,21 +177,33 @@ def run_annotation(
     backend: Backend | None = None,
     corpus_path: str | Path | None = None,
     progress: bool = False,
+    force_reuse: bool = False,
 ) -> RunResult:
     """Annotate `table` (a DataFrame or the path of a corpus table) into `out_dir`, resuming whatever an earlier
     run in `out_dir` finished. `backend` defaults to `melt.llm.make_backend(config)`; a backend passed in is
-    closed at the end all the same."""
+    closed at the end all the same.
+
+    One process at a time works in a folder, and a folder belongs to one configuration (server, model, prompt,
+    request settings): another one is refused with a `MeltError` naming what differs, unless `force_reuse`.
+    Run from the main thread, SIGINT and SIGTERM stop the run cleanly: what is in flight is stored, the tables
+    and run.json are written, and `RunInterrupted` is raised."""
     prompt = prompt_config(config)
+    out_dir = check_output_folder(out_dir, option="--out")
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
     source = corpus_path or "<table>"
     utterances = prepare(table, config, prompt, source=source)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if backend is None:
-        backend = make_backend(config)
-    return _run_to_completion(_run(utterances, config, prompt, backend, out_dir, corpus_path, progress))
+    with RunLock(out_dir):
+        remove_stale_temporaries(out_dir)
+        if backend is None:
+            backend = make_backend(config)
+        result = _run_to_completion(
+            _run(utterances, config, prompt, backend, out_dir, corpus_path, progress, force_reuse)
+        )
+    if result.stats.interrupted:
+        raise RunInterrupted(result, signal.Signals[result.stats.interrupted])
+    return result
 
 
 def _run_to_completion(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
@@ -188,37 +224,89 @@ async def _run(
     out_dir: Path,
     corpus_path: str | Path | None,
     progress: bool,
+    force_reuse: bool,
 ) -> RunResult:
     store = RequestStore(out_dir / STORE_NAME)
     started = datetime.now(UTC)
     try:
         price = _price(config, backend.model, free=backend.name == "local")
+        identity = folder_identity(config, prompt, backend_identity(backend))
+        replaced = claim_folder(store, identity, force=force_reuse)
         annotator = Annotator(config, prompt, backend, store, price)
-        if progress:
-            outcomes = await _with_progress(annotator, utterances, config)
-        else:
-            outcomes = await annotator.run(utterances)
-        rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
-        annotations = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(_DTYPES)
-        for column in OUTPUT_COLUMNS:
-            if column not in _DTYPES:
-                annotations[column] = annotations[column].astype("string")
-        result = RunResult(
-            out_dir=out_dir,
-            annotations=annotations,
-            stats=annotator.stats,
-            totals=store.totals(),
-            response_format=annotator.format_level,
-            backend=backend.name,
-            model=backend.model,
-        )
-        write_table(annotations, out_dir / "annotations.parquet")
-        write_table(annotations, out_dir / "annotations.csv")
-        _write_run_json(result, config, prompt, corpus_path, started)
+        # The handlers stay until the outputs are written: a signal then changes nothing, rather than stopping
+        # the process between the renames of two tables.
+        with _signals_stop(annotator):
+            if progress:
+                outcomes = await _with_progress(annotator, utterances, config)
+            else:
+                outcomes = await annotator.run(utterances)
+            if isinstance(annotator.fatal, MeltError) and store.failure is annotator.fatal:
+                raise annotator.fatal  # a full disk: the tables could not be written either
+            rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
+            annotations = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(_DTYPES)
+            for column in OUTPUT_COLUMNS:
+                if column not in _DTYPES:
+                    annotations[column] = annotations[column].astype("string")
+            result = RunResult(
+                out_dir=out_dir,
+                annotations=annotations,
+                stats=annotator.stats,
+                totals=store.totals(),
+                response_format=annotator.format_level,
+                backend=backend.name,
+                model=backend.model,
+                identity=identity,
+            )
+            _write_outputs(result, config, prompt, corpus_path, started, replaced)
+        if annotator.fatal is not None:
+            raise annotator.fatal
         return result
     finally:
         store.close()
         await backend.aclose()
+
+
+class _signals_stop:
+    """While a run works, SIGINT and SIGTERM stop it cleanly (`Annotator.stop`); a second signal cancels the
+    requests still in flight at once. Only in the main thread: signal handlers cannot be set elsewhere (a
+    notebook's run thread is left to the notebook's own interrupt)."""
+
+    def __init__(self, annotator: Annotator):
+        self.annotator = annotator
+        self.installed: list[int] = []
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._received, signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            self.installed.append(signum)
+
+    def _received(self, signum: int) -> None:
+        annotator = self.annotator
+        name = signal.Signals(signum).name
+        if annotator.stats.interrupted is not None:
+            print(f"melt: {name} again: cancelling the requests in flight", file=sys.stderr, flush=True)
+            annotator.cancel_in_flight()
+            return
+        annotator.stats.interrupted = name
+        grace = min(annotator.config.timeout, 30.0)
+        print(
+            f"melt: {name}: sending nothing more; waiting up to {grace:g} s for {annotator.in_flight} "
+            f"request(s) in flight, then writing the tables ({name} again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        annotator.stop(f"interrupted by {name}", grace=grace)
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self.installed:
+            loop.remove_signal_handler(signum)
 
 
 async def _with_progress(annotator: Annotator, utterances: list[Utterance], config: AnnotateConfig):
@@ -252,13 +340,16 @@ async def _with_progress(annotator: Annotator, utterances: list[Utterance], conf
         return await annotator.run(utterances)
 
 
-def _write_run_json(
+def _write_outputs(
     result: RunResult,
     config: AnnotateConfig,
     prompt: PromptConfig,
     corpus_path: str | Path | None,
     started: datetime,
+    replaced_identity: dict[str, Any] | None,
 ) -> None:
+    """annotations.parquet, annotations.csv and run.json, all three written before any replaces its old
+    version, so the folder never holds tables of different invocations side by side."""
     statuses = Counter(result.annotations["status"].astype(str))
     payload = {
         "melt_version": __version__,
@@ -274,14 +365,26 @@ def _write_run_json(
         },
         "response_format": result.response_format,
         "config": config.public(),
+        "identity": result.identity,
         "utterances": len(result.annotations),
         "status": dict(sorted(statuses.items())),
         "complete": result.complete,
+        "interrupted": result.stats.interrupted,
+        "stop_reason": result.stats.stop_reason,
         "this_invocation": result.stats.to_json(),
         "totals": result.totals,
     }
+    if replaced_identity is not None:
+        payload["reused_folder_of"] = replaced_identity
     text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(result.out_dir / "run.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    table = result.annotations
+    write_together(
+        {
+            result.out_dir / "annotations.parquet": lambda tmp: table.to_parquet(tmp, index=False),
+            result.out_dir / "annotations.csv": lambda tmp: table.to_csv(tmp, index=False),
+            result.out_dir / "run.json": lambda tmp: tmp.write_text(text, encoding="utf-8"),
+        }
+    )
 
 
 def estimate_run(
@@ -291,11 +394,13 @@ def estimate_run(
     *,
     model: str | None = None,
     corpus_path: str | Path | None = None,
+    force_reuse: bool = False,
 ) -> CostEstimate:
     """Tokens and cost of a run, sending nothing. Requests already in `out_dir`'s store are not counted. Prompt
     tokens are estimated from characters; completion tokens from the store's replies if it has any, else a
     typical answer length (`completion_tokens_max` assumes every reply uses max_tokens). Re-asks are not
-    included: they depend on the replies."""
+    included: they depend on the replies. A folder of another configuration is refused as the run would refuse
+    it (unless `force_reuse`), so the estimate is never that of a run that cannot happen."""
     prompt = prompt_config(config)
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
@@ -306,6 +411,9 @@ def estimate_run(
     store_path = Path(out_dir) / STORE_NAME if out_dir is not None else None
     store = RequestStore(store_path) if store_path is not None and store_path.exists() else None
     try:
+        identity = choice.identity() if store is not None else None
+        if store is not None and identity is not None:
+            check_folder(store, folder_identity(config, prompt, identity), force=force_reuse)
         typical = store.mean_completion_tokens() if store else None
         if typical is None:
             typical = TYPICAL_COMPLETION_TOKENS[prompt.free_text_reply]
@@ -350,6 +458,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "RESPONSE_FORMATS",
     "CostEstimate",
+    "RunInterrupted",
     "RunResult",
     "estimate_run",
     "load_corpus",

@@ -6,20 +6,28 @@ the request at high concurrency); outside one, at once. WAL mode with `synchrono
 durable against the process being killed (only an OS crash or power loss can lose the last commits). So a
 rerun finds every reply it already paid for, and a `kill -9` loses only the requests in flight and the
 replies of the last few milliseconds.
+
+A write or commit that fails (a full disk, a folder made read-only) is never lost in a timer callback: the
+store keeps the error as `failure`, calls `on_failure` (the engine stops sending at once), and every later
+write raises it. A stored reply that no longer parses is marked failed and reported missing, so it is asked
+again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from melt.errors import MeltError
+from melt.llm.openai import MalformedReply, parse_completion
 
 STORE_NAME = "requests.sqlite"
 COMMIT_DELAY = 0.005
@@ -64,6 +72,10 @@ class StoredReply:
     logprobs: list[dict[str, Any]] | None
 
 
+class StoreWriteError(MeltError):
+    """The store could not keep a reply: the run must stop before it pays for more."""
+
+
 class RequestStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -73,34 +85,54 @@ class RequestStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise MeltError(f"not a usable request store ({exc})", file=self.path) from exc
         self._commit_timer: asyncio.TimerHandle | None = None
+        #: the first failed write, after which the store takes no more
+        self.failure: StoreWriteError | None = None
+        #: called once, with the error, when a write or commit fails
+        self.on_failure: Callable[[StoreWriteError], None] | None = None
 
     def get(self, key: str) -> StoredReply | None:
-        """The finished reply of `key`, or None when it was never answered (failed requests are resent)."""
+        """The finished reply of `key`, or None when it was never answered (failed requests are resent) or its
+        stored reply no longer parses (then it is marked failed, with the reason, and asked again)."""
         row = self._db.execute(
             "SELECT reply, prompt_tokens, completion_tokens, cost_usd FROM requests WHERE key = ? AND status = 'done'",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        reply = json.loads(row[0])
-        if "choices" in reply:  # a chat completion as the server sent it
-            choice = reply["choices"][0]
-            reply = {
-                "content": choice["message"].get("content") or "",
-                "finish_reason": choice.get("finish_reason"),
-                "logprobs": (choice.get("logprobs") or {}).get("content"),
-            }
+        try:
+            reply = json.loads(row[0])
+            if isinstance(reply, dict) and "choices" in reply:  # a chat completion as the server sent it
+                content, finish_reason, logprobs = parse_completion(reply)
+            elif isinstance(reply, dict) and isinstance(reply.get("content"), str):
+                content, finish_reason, logprobs = (
+                    reply["content"],
+                    reply.get("finish_reason"),
+                    reply.get("logprobs"),
+                )
+            else:
+                raise MalformedReply("neither a chat completion nor a stored answer")
+        except (ValueError, TypeError, MalformedReply) as exc:
+            reason = exc.reason if isinstance(exc, MalformedReply) else f"not JSON ({exc})"
+            self._write(
+                "UPDATE requests SET status = 'failed', error = ? WHERE key = ?",
+                (f"the stored reply no longer parses: {reason}", key),
+            )
+            return None
         return StoredReply(
-            content=reply["content"],
+            content=content,
             prompt_tokens=row[1],
             completion_tokens=row[2],
             cost_usd=row[3],
-            finish_reason=reply.get("finish_reason"),
-            logprobs=reply.get("logprobs"),
+            finish_reason=finish_reason,
+            logprobs=logprobs if isinstance(logprobs, list) else None,
         )
+
+    def has_replies(self) -> bool:
+        """Whether any reply was ever stored here (a folder with none has nothing to protect)."""
+        return self._db.execute("SELECT 1 FROM requests WHERE status = 'done' LIMIT 1").fetchone() is not None
 
     def has(self, key: str) -> bool:
         query = "SELECT 1 FROM requests WHERE key = ? AND status = 'done'"
@@ -154,43 +186,91 @@ class RequestStore:
         )
 
     def _put(self, *values: Any) -> None:
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN")
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO requests (key, utterance_id, sample, turn, request, reply, status, error, "
             "prompt_tokens, completion_tokens, cost_usd, attempts, started, finished) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, time.time()),
         )
+
+    def _write(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        """One write, committed with the others of the next few milliseconds (at once outside an event loop);
+        raises `StoreWriteError` once any write or commit has failed."""
+        if self.failure is not None:
+            raise self.failure
+        try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN")
+            self._db.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
         if self._commit_timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.commit()
+                if self.failure is not None:
+                    raise self.failure from None
                 return
             self._commit_timer = loop.call_later(COMMIT_DELAY, self.commit)
 
     def commit(self) -> None:
+        """Commit the writes so far. Called from a timer: a failure is kept and reported, never raised."""
         self._commit_timer = None
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
+        if self.failure is not None:
+            return
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: sqlite3.Error) -> StoreWriteError:
+        if self.failure is None:
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            self.failure = StoreWriteError(
+                f"cannot write the request store ({exc}): the run stopped and sent nothing more; replies stored "
+                "before are kept: free some space (or make the folder writable) and rerun",
+                file=self.path,
+            )
+            if self.on_failure is not None:
+                self.on_failure(self.failure)
+        return self.failure
 
     def meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
+    def meta_json(self, name: str) -> Any:
+        """A meta value written by `set_meta_json`; None when absent or unreadable."""
+        text = self.meta(name)
+        try:
+            return None if text is None else json.loads(text)
+        except ValueError:
+            return None
+
     def set_meta(self, name: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+        self._write("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
         self.commit()
+        if self.failure is not None:
+            raise self.failure
+
+    def set_meta_json(self, name: str, value: Any) -> None:
+        self.set_meta(name, json.dumps(value, sort_keys=True, ensure_ascii=False))
 
     def totals(self) -> dict[str, Any]:
-        """Requests, tokens and cost of every finished request in the store, over all invocations."""
+        """Requests, tokens and cost of every finished request in the store, over all invocations. `requests`
+        counts the utterances' requests, `probes` the tiny requests that found a server's answer format (turn
+        -1); tokens and cost include both, since both were paid for."""
         row = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-            "SUM(cost_usd), COUNT(cost_usd) FROM requests WHERE status = 'done'"
+            "SUM(cost_usd), COUNT(cost_usd), COALESCE(SUM(turn < 0), 0) FROM requests WHERE status = 'done'"
         ).fetchone()
         return {
-            "requests": row[0],
+            "requests": row[0] - row[5],
+            "probes": row[5],
             "prompt_tokens": row[1],
             "completion_tokens": row[2],
             # Unknown only when some finished request has no price; nothing finished yet costs 0.
@@ -198,14 +278,17 @@ class RequestStore:
         }
 
     def mean_completion_tokens(self) -> float | None:
-        row = self._db.execute("SELECT AVG(completion_tokens) FROM requests WHERE status = 'done'").fetchone()
+        row = self._db.execute(
+            "SELECT AVG(completion_tokens) FROM requests WHERE status = 'done' AND turn >= 0"
+        ).fetchone()
         return row[0]
 
     def close(self) -> None:
         if self._commit_timer is not None:
             self._commit_timer.cancel()
         self.commit()
-        self._db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
 
 
 def compact_logprobs(logprobs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

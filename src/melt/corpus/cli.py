@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from melt.errors import MeltError
+from melt.outputs import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,6 +95,8 @@ def meld_command(
     """MELD transcripts and human labels as an utterance table (ids like train/dia0_utt0)."""
     from melt.corpus.loaders import load_meld
 
+    check_output_file(out)
+
     _finish(load_meld(folder, splits=tuple(s.strip() for s in splits.split(",") if s.strip())), out, select)
 
 
@@ -105,6 +108,8 @@ def melt_command(
 ) -> None:
     """A published MELT file as an utterance table: MELD's label as `label`, GPT-4o's as `llm_label`."""
     from melt.corpus.loaders import load_melt_csv
+
+    check_output_file(out)
 
     _finish(load_melt_csv(csv, split=split), out, None)
 
@@ -121,6 +126,8 @@ def import_command(
 ) -> None:
     """Any CSV/Parquet as an utterance table, renaming columns as mapped (see docs/corpus-schema.md)."""
     from melt.corpus.loaders import load_table
+
+    check_output_file(out)
 
     mapping = {}
     for item in column:
@@ -146,6 +153,8 @@ def iemocap_command(
     speaker = session + gender; fold = session (leave one session out)."""
     from melt.corpus.emotion_corpora import load_iemocap
 
+    check_output_file(out)
+
     _finish(load_iemocap(root, classes=classes, progress=True), out, None)
 
 
@@ -156,6 +165,8 @@ def tess_command(
 ) -> None:
     """TESS: 2,800 clips of two speakers (OAF, YAF), 7 emotions; ps (pleasant surprise) -> surprise."""
     from melt.corpus.emotion_corpora import load_tess
+
+    check_output_file(out)
 
     _finish(load_tess(root, progress=True), out, None)
 
@@ -170,6 +181,8 @@ def ravdess_command(
 ) -> None:
     """RAVDESS audio-only speech (03-01-*): 1,440 clips, 1,248 without calm; speaker = actor."""
     from melt.corpus.emotion_corpora import load_ravdess
+
+    check_output_file(out)
 
     _finish(load_ravdess(root, keep_calm=keep_calm, progress=True), out, None)
 
@@ -189,6 +202,8 @@ def cremad_command(
     VideoDemographics.csv when it is in ROOT."""
     from melt.corpus.emotion_corpora import load_cremad
 
+    check_output_file(out)
+
     _finish(load_cremad(root, votes=votes, vote_channel=vote_channel, progress=True), out, None)
 
 
@@ -200,6 +215,8 @@ def msppodcast_command(
     """MSP-Podcast: EmoClass labels (contempt, other, no_agreement kept as their own), V/A/D, split, speaker;
     per-annotator votes from Labels/labels_detailed.csv where present."""
     from melt.corpus.emotion_corpora import load_msppodcast
+
+    check_output_file(out)
 
     _finish(load_msppodcast(root, progress=True), out, None)
 
@@ -220,6 +237,7 @@ def folds_command(
 
     if by not in FOLD_GROUPS:
         raise MeltError(f"--by takes {' or '.join(FOLD_GROUPS)}, got {by!r}")
+    check_output_file(out)
     table = read_table(table_path)
     if k is None:
         k = int(table[by].nunique()) if by == "session" and by in table.columns else 5
@@ -287,6 +305,7 @@ def describe_command(
     from melt.corpus.describe import print_description, write_description
     from melt.corpus.schema import read_table
 
+    check_output_folder(out)
     description = write_description(read_table(table_path), out, source=table_path)
     print_description(description, Console())
     Console().print(f"written to {out}/ (describe.json, {', '.join(description['figures'])})")

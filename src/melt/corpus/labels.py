@@ -69,6 +69,11 @@ class LabelSet(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> LabelSet:
         self.labels = tuple(_clean(label) for label in self.labels)
+        if len(self.labels) < 2 or "" in self.labels:
+            raise ValueError(f"a label set needs at least two non-empty labels, got {list(self.labels)}")
+        repeated = sorted({label for label in self.labels if self.labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"labels repeat (once lower-cased and stripped): {repeated}")
         self.synonyms = {_clean(k): _clean(v) for k, v in self.synonyms.items()}
         unknown_targets = sorted({v for v in self.synonyms.values() if v not in self.labels})
         if unknown_targets:

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from melt.llm.base import (
     Backend,
@@ -59,6 +59,25 @@ class BackendChoice:
     def free(self) -> bool:
         """Local models cost nothing per token."""
         return self.kind == "local"
+
+    def identity(self) -> dict[str, Any] | None:
+        """The identity the backend will report (`identity()` of `melt.llm.base`), without making it: what a dry
+        run checks against a run folder. None when it cannot be known (the bundled model is not installed)."""
+        if self.kind == "openai":
+            from melt.llm.openai import safe_url
+
+            return {
+                "kind": "openai",
+                "base_url": safe_url(str(self.base_url).rstrip("/")),
+                "model": self.model,
+            }
+        from melt.llm.model_assets import bundled_model_path, cached_sha256, check_gguf
+
+        try:
+            path = check_gguf(self.model) if self.model is not None else bundled_model_path()
+        except BackendError:
+            return None
+        return {"kind": "local", "model": path.name, "model_sha256": cached_sha256(path)}
 
 
 def choose_backend(config: AnnotateConfig) -> BackendChoice:

@@ -13,18 +13,28 @@ here rather than by llama-cpp-python's `response_format` handling, because that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import json
+import math
 import os
 import threading
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from melt.llm.base import BackendError, ChatReply, ChatRequest, ResponseFormatRejected
-from melt.llm.model_assets import bundled_model_path, check_gguf
+from melt.llm.base import (
+    BackendError,
+    ChatReply,
+    ChatRequest,
+    RequestFailed,
+    ResponseFormatRejected,
+    RetryableError,
+)
+from melt.llm.model_assets import bundled_model_path, cached_sha256, check_gguf
 
 if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaGrammar
@@ -46,6 +56,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """Threads for llama.cpp when none are asked for: half the cores this process may use, fewer when the 1-minute
+    load average says more of them are busy, at least one.
+
+    llama.cpp's threads meet at a barrier after every step of every token, spinning while they wait: one thread
+    the scheduler takes away holds up all the others, so a thread per core on a busy machine is many times
+    slower than fewer threads (docs/local.md, "Threads", has the figures: 14x on 2 cores at load 4)."""
+    cores = available_cores()
+    try:
+        busy = math.ceil(os.getloadavg()[0])
+    except OSError:  # no load average on this platform
+        busy = 0
+    return max(1, min(cores // 2, cores - busy))
+
+
 class LocalBackend:
     """A GGUF model run by llama.cpp in this process. `model_path=None` uses the bundled Gemma 3 270M.
 
@@ -60,6 +85,8 @@ class LocalBackend:
     """
 
     name = "local"
+    #: one llama.cpp context answers one request at a time: more in flight would only queue
+    max_concurrency = 1
 
     def __init__(
         self,
@@ -74,11 +101,13 @@ class LocalBackend:
         if n_ctx is not None and n_ctx < 16:
             raise BackendError(f"the context size must be at least 16 tokens, not {n_ctx} (--n-ctx)")
         self.fixed_n_ctx = n_ctx
-        self.n_threads = n_threads or available_cores()
+        self.n_threads = n_threads or default_threads()
         self._llm: Llama | None = None
         self._grammars: dict[str, LlamaGrammar] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="melt-local")
         self._closed = False
+        # Set by `abort()`: the generation in progress stops at its next token.
+        self._abort = threading.Event()
         # Only needed when `complete_sync` is called directly from several threads (the engine goes through
         # the single-thread executor).
         self._lock = threading.Lock()
@@ -87,6 +116,15 @@ class LocalBackend:
     def n_ctx(self) -> int | None:
         """The context size of the loaded model, None before the first request."""
         return self._llm.n_ctx() if self._llm is not None else None
+
+    def identity(self) -> dict[str, Any]:
+        """The model by name and by content: a different file under the same name is a different model."""
+        return {"kind": self.name, "model": self.model, "model_sha256": cached_sha256(self.model_path)}
+
+    def abort(self) -> None:
+        """Stop the generation in progress at its next token (its request raises `RetryableError`); a run that
+        is stopping has nothing to wait for here, since a local reply costs nothing."""
+        self._abort.set()
 
     async def complete(self, request: ChatRequest) -> ChatReply:
         if self._closed:
@@ -121,6 +159,9 @@ class LocalBackend:
         kwargs: dict[str, Any] = dict(SAMPLING)
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if self._abort.is_set():
+            raise RetryableError("aborted: the run is stopping")
+        llm.abort_event = self._abort
         try:
             out = llm.create_chat_completion(
                 messages=messages,
@@ -129,6 +170,8 @@ class LocalBackend:
                 seed=request.seed,
                 **kwargs,
             )
+        except GenerationAborted as exc:
+            raise RetryableError("aborted: the run is stopping") from exc
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"llama.cpp failed to generate with {self.model_path}: {exc}") from exc
         choice = out["choices"][0]
@@ -183,14 +226,15 @@ class LocalBackend:
         what = f"the prompt takes {prompt_tokens} tokens" + (
             f" and the reply up to {max_tokens} more" if max_tokens else ""
         )
+        # One over-long prompt fails its own request, not the run.
         if self.fixed_n_ctx is not None:
             hint = f"raise --n-ctx to at least {needed}" if needed <= trained else "shorten the prompt"
-            raise BackendError(
+            raise RequestFailed(
                 f"{what}, but the context size is {self._llm.n_ctx()} tokens (--n-ctx): {hint} "
                 f"(model {self.model} was trained with a context of {trained} tokens)"
             )
         if needed > trained:
-            raise BackendError(
+            raise RequestFailed(
                 f"{what}, but model {self.model} has a context of only {trained} tokens: shorten the prompt "
                 "(fewer context utterances) or lower the reply's max tokens, or use a model with a longer context"
             )
@@ -233,21 +277,15 @@ def open_llama(path: Path, *, n_ctx: int, n_threads: int, stock_sampler: bool = 
         ) from exc
     _capture_llama_log(lib)
     _LLAMA_ERRORS.clear()
-    default_params = lib.llama_model_default_params
-    if b"AMX_INT8 = 1" in lib.llama_print_system_info():
-        # llama.cpp's AMX matrix kernels (compiled in by a native build on CPUs with AMX) crash with a
-        # segmentation fault on the first decode of Q4_K models. The "extra buffer types" are what route
-        # weights to them; Llama() offers no argument for it, hence the swapped defaults while it loads.
-        def default_params_without_amx() -> Any:
-            params = default_params()
-            params.use_extra_bufts = False
-            return params
-
-        lib.llama_model_default_params = default_params_without_amx
     try:
-        return (llama_cpp.Llama if stock_sampler else _llama_class())(
-            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
-        )
+        with without_amx_kernels():
+            return (llama_cpp.Llama if stock_sampler else _llama_class())(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                verbose=False,
+            )
     except (ValueError, RuntimeError, OSError) as exc:
         detail = "; ".join(_LLAMA_ERRORS) or str(exc)
         raise BackendError(
@@ -255,8 +293,34 @@ def open_llama(path: Path, *, n_ctx: int, n_threads: int, stock_sampler: bool = 
             "a model architecture this llama-cpp-python build does not know",
             file=path,
         ) from exc
+
+
+@contextlib.contextmanager
+def without_amx_kernels() -> Iterator[None]:
+    """Models loaded inside this block (by `Llama`, or by llama-cpp-python's server) avoid llama.cpp's AMX kernels.
+
+    llama.cpp's AMX matrix kernels (compiled in by a native build on CPUs with AMX) crash with a segmentation
+    fault on the first decode of Q4_K models. The "extra buffer types" are what route weights to them; `Llama()`
+    offers no argument for it, hence the swapped defaults while it loads. Without AMX this does nothing."""
+    from llama_cpp import llama_cpp as lib
+
+    default_params = lib.llama_model_default_params
+    if b"AMX_INT8 = 1" in lib.llama_print_system_info():
+
+        def default_params_without_amx() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        lib.llama_model_default_params = default_params_without_amx
+    try:
+        yield
     finally:
         lib.llama_model_default_params = default_params
+
+
+class GenerationAborted(Exception):
+    """Raised between two tokens once the backend's abort event is set."""
 
 
 @functools.cache
@@ -264,9 +328,17 @@ def _llama_class() -> type[Llama]:
     from llama_cpp import Llama
 
     class GrammarCheckedLlama(Llama):
+        abort_event: threading.Event | None = None
+
         def _init_sampler(self, *args: Any, grammar: LlamaGrammar | None = None, **kwargs: Any) -> Any:
             chain = super()._init_sampler(*args, grammar=None, **kwargs)
             return chain if grammar is None else GrammarCheckedSampler(self, chain, grammar)
+
+        def sample(self, *args: Any, **kwargs: Any) -> Any:
+            # Checked once per token: a stopping run does not wait for a long reply nobody will use.
+            if self.abort_event is not None and self.abort_event.is_set():
+                raise GenerationAborted
+            return super().sample(*args, **kwargs)
 
     return GrammarCheckedLlama
 

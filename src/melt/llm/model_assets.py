@@ -8,6 +8,7 @@ so a cached file that was truncated or damaged since is detected and assembled a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -56,6 +57,42 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+HASH_CACHE = "sha256.json"
+
+
+def cached_sha256(path: str | Path) -> str:
+    """sha256 of a (large) file, remembered in melt's cache by path, size, inode and modification times, so a
+    multi-GB model is hashed once, not at every run; a file changed in any of these is hashed again."""
+    path = Path(path).absolute()
+    stat = path.stat()
+    fingerprint = [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+    cache_file = cache_dir() / HASH_CACHE
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(str(path))
+    if (
+        isinstance(entry, dict)
+        and entry.get("fingerprint") == fingerprint
+        and isinstance(entry.get("sha256"), str)
+    ):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    cache[str(path)] = {"fingerprint": fingerprint, "sha256": digest}
+    # Written whole under a private name and renamed: concurrent runs lose an entry at worst, never the file.
+    tmp = cache_file.with_name(f".{HASH_CACHE}.{os.getpid()}.tmp")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cache), encoding="utf-8")
+        os.replace(tmp, cache_file)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # an unwritable cache only costs hashing again next time
+    return digest
+
+
 def bundled_model_path() -> Path:
     """The bundled Gemma 3 270M GGUF in melt's cache, assembled and verified on first use."""
     try:
@@ -66,7 +103,7 @@ def bundled_model_path() -> Path:
             "(or give --model the path of a .gguf file)"
         ) from exc
     target = cache_dir() / "models" / bundle.MODEL_NAME
-    if target.is_file() and sha256_file(target) == bundle.EXPECTED_SHA256:
+    if target.is_file() and cached_sha256(target) == bundle.EXPECTED_SHA256:
         return target
     # Assembled under a private name and renamed into place, so that an interrupted run or a concurrent melt
     # process never leaves a half-written file under the final name.

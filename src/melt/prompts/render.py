@@ -24,7 +24,6 @@ def _missing(value: object) -> bool:
 
 
 def _name(value: object) -> str | None:
-    # A newline in a speaker name would start a new prompt line; names are shown unquoted as in the paper.
     return None if _missing(value) else " ".join(str(value).split()) or None
 
 
@@ -74,8 +73,9 @@ def _context_index(
         if dialogue is None or utterance is None or _missing(text) or not str(text).strip():
             continue  # a context line that cannot be placed or shown is left out, not fatal
         key = (None if _missing(split) else str(split), dialogue)
+        name = _name(speaker)
         groups.setdefault(key, []).append(
-            (utterance, f"{_name(speaker) or '(unknown speaker)'} said: {quote(str(text))}")
+            (utterance, f"{quote(name) if name else '(unknown speaker)'} said: {quote(str(text))}")
         )
     index = {}
     for key, items in groups.items():
@@ -125,8 +125,11 @@ def build_messages(
         row_number = position + 1
         values = dict(fixed)
         if "speaker" in names:
-            values["speaker"] = _name(row["speaker"]) or ""
-            if not values["speaker"]:
+            # Quoted like the utterance: data, never prompt text (a speaker string could otherwise forge a
+            # line of its own).
+            speaker = _name(row["speaker"])
+            values["speaker"] = quote(speaker) if speaker else ""
+            if not speaker:
                 problems.add(row_number, "speaker", "missing speaker")
         for column in ("season", "episode"):
             if column in names:
