@@ -159,7 +159,7 @@ def test_bad_panel_and_settings_exit_2_with_one_line(melt_cli, tmp_path):
         (["--entropy-norm", "bits"], "entropy_norm"),
         (["--synthetic-weight", "-1"], "synthetic_weight"),
         (["--seeds", "a,b"], "--seeds"),
-        (["--labels", "joy"], "at least two labels"),
+        (["--labels", "joy"], "at least two non-empty labels"),
         (["--saturation-draws", "0"], "saturation_draws"),
     ):
         one_line_error(melt_cli("ambiguity", corpus_file, "--out", out, *args), fragment)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from melt.corpus.labels import MELT_LABEL_SET, LabelSet
 from melt.errors import MeltError
@@ -31,15 +31,6 @@ class AmbiguityConfig(BaseModel):
     )
     saturation_draws: int = Field(5, ge=1, description="random sub-panels per panel size")
     ece_bins: int = Field(10, ge=1, description="equal-width confidence bins of ECE")
-
-    @field_validator("labels")
-    @classmethod
-    def _two_labels(cls, labels: LabelSet) -> LabelSet:
-        if len(labels.labels) < 2:
-            raise ValueError("a label set needs at least two labels")
-        if len(set(labels.labels)) != len(labels.labels):
-            raise ValueError(f"labels repeat: {list(labels.labels)}")
-        return labels
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> AmbiguityConfig:
