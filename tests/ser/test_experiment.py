@@ -202,7 +202,7 @@ def test_features_train_evaluate_commands(emotion_corpora, tmp_path):
          "--out", str(model), "--epochs", "20", "--min-per-class", "2", "--seed", "1", "-q"],
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
-    assert "split train" in trained.output and "validation: speakers" in trained.output
+    assert "all rows (no train split)" in trained.output and "validation: speakers" in trained.output
     evaluated = runner.invoke(
         app, ["ser", "evaluate", str(model), "--features", str(features), "--corpus", str(emotion_corpora.test_path),
               "--out", str(tmp_path / "eval")],

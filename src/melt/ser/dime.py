@@ -237,6 +237,11 @@ def dime_augment(
         frame[f"p_{label}"] = mixed_values[:, k]
     try:
         write_table(frame, out / TABLE)
+        # audio of an earlier run into the same folder that this run did not write would look like part of it
+        written = {Path(p).name for p in frame["audio"]}
+        for stale in (out / "audio").glob("dime_*.wav"):
+            if stale.name not in written:
+                stale.unlink()
     except OSError as exc:
         raise MeltError(f"cannot write the augmented rows ({exc.strerror or exc})", file=out / TABLE) from exc
     counts_table = pd.DataFrame(notes, columns=["label", "rows", "goal", "added", "note"])
