@@ -173,7 +173,9 @@ def train_command(
         None, "--features", help="Feature cache from `melt ser features` (not with --finetune)."
     ),
     classes: str | None = typer.Option(
-        None, "--classes", help="Comma-separated classes of the head (default: every label in the column)."
+        None,
+        "--classes",
+        help="Comma-separated classes of the head (default: every label in the column, or of the distribution).",
     ),
     split: str | None = typer.Option(
         None, "--split", help="Rows to train on: a split name or all (default: train when the table has it)."
@@ -201,7 +203,12 @@ def train_command(
     backbone_lr: float | None = typer.Option(
         None, "--backbone-lr", help="With --finetune: the backbone's learning rate (default: --lr)."
     ),
-    crop_seconds: float = typer.Option(5.0, "--crop-seconds", min=0.1, help="With --finetune: crop length."),
+    crop_seconds: float = typer.Option(
+        5.0,
+        "--crop-seconds",
+        min=0.1,
+        help="With --finetune or --pooling attention: training audio (frames) cut to this length at random.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -264,8 +271,8 @@ def train_command(
             _train_distributions(
                 features, rows, distributions, out, settings, classes=classes, base=base, source=source,
                 loss=loss, entropy_weight=entropy_weight, pooling=pooling, dime=dime, dime_ratio=dime_ratio,
-                dime_neighbours=dime_neighbours, device=resolve_device(device), quiet=quiet, which=which,
-                corpus_name=source_name,
+                dime_neighbours=dime_neighbours, crop_seconds=crop_seconds, device=resolve_device(device),
+                quiet=quiet, which=which, corpus_name=source_name,
             )  # fmt: skip
             return
         else:
@@ -294,7 +301,7 @@ def train_command(
 
 def _train_distributions(
     features, rows, distributions, out, settings, *, classes, base, source, loss, entropy_weight, pooling, dime,
-    dime_ratio, dime_neighbours, device, quiet, which, corpus_name,
+    dime_ratio, dime_neighbours, crop_seconds, device, quiet, which, corpus_name,
 ) -> None:  # fmt: skip
     from pydantic import ValidationError
 
