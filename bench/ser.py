@@ -51,7 +51,7 @@ def make_inputs(folder: Path, utterances: int) -> tuple[Path, Path]:
     logging.disable_progress_bar()
     per_emotion = max(1, min(4, utterances // (3 * len(CREMAD_ACTORS))))
     (folder / "speech").mkdir()
-    table, _ = acted_corpora(folder / "corpus", Speech(folder / "speech"), per_emotion=per_emotion)
+    table, _, _ = acted_corpora(folder / "corpus", Speech(folder / "speech"), per_emotion=per_emotion)
     torch.manual_seed(0)
     config = Wav2Vec2Config(
         hidden_size=256,

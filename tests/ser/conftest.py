@@ -79,6 +79,8 @@ class EmotionCorpora:
     test: pd.DataFrame
     train_path: Path
     test_path: Path
+    tess: pd.DataFrame
+    tess_path: Path
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +91,12 @@ def ser_speech(tmp_path_factory) -> Speech:
 @pytest.fixture(scope="session")
 def emotion_corpora(tmp_path_factory, ser_speech) -> EmotionCorpora:
     """Training: a CREMA-D layout, four actors × three emotions × 4 clips (load_cremad); test: a RAVDESS layout,
-    two other actors × three emotions × 3 clips (load_ravdess)."""
+    two other actors × three emotions × 3 clips (load_ravdess), and a TESS layout, two speakers × anger and
+    sadness × 3 words and one pleasant surprise (load_tess)."""
     folder = tmp_path_factory.mktemp("acted")
-    train, test = acted_corpora(folder, ser_speech)
-    return EmotionCorpora(train, test, folder / "cremad.parquet", folder / "ravdess.parquet")
+    train, test, tess = acted_corpora(folder, ser_speech)
+    paths = {name: folder / f"{name}.parquet" for name in ("cremad", "ravdess", "tess")}
+    return EmotionCorpora(train, test, paths["cremad"], paths["ravdess"], tess, paths["tess"])
 
 
 @pytest.fixture(scope="session")

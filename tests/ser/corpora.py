@@ -1,9 +1,10 @@
 """Emotion corpora for the SER tests: written in official layouts by tests/corpora.py's builders (real espeak-ng
 speech with controlled prosody) and read back by melt's own loaders.
 
-- `acted_corpora`: a CREMA-D layout for training (actors 1001-1004) and a RAVDESS layout for testing (actors 3
-  and 6): anger loud, fast and high, sadness soft, slow and low, neutral in between, with a little seeded jitter
-  so no two clips are alike; each actor speaks with their own espeak voice. Speakers differ between the two.
+- `acted_corpora`: a CREMA-D layout for training (actors 1001-1004), a RAVDESS layout (actors 3 and 6) and a TESS
+  layout (OAF, YAF; anger and sadness, and one pleasant surprise, a class the training labels lack) for testing:
+  anger loud, fast and high, sadness soft, slow and low, neutral in between, with a little seeded jitter so no two
+  clips are alike; each speaker has their own espeak voice. Speakers differ between training and test.
 - `graded_iemocap`: an IEMOCAP layout whose utterances lie on a continuum from sad to angry prosody, with four
   rater lines per utterance whose votes follow the grade (mixed where the grade is between two emotions), and a
   panel of simulated annotators (votes.parquet) that follows it less faithfully.
@@ -23,11 +24,13 @@ from corpora import (
     Prosody,
     RavdessClip,
     Speech,
+    TessClip,
     make_cremad,
     make_iemocap,
     make_ravdess,
+    make_tess,
 )
-from melt.corpus.emotion_corpora import load_cremad, load_iemocap, load_ravdess
+from melt.corpus.emotion_corpora import load_cremad, load_iemocap, load_ravdess, load_tess
 
 #: emotion -> espeak-ng pitch (-p), amplitude (-a), speed (-s, words per minute)
 PROSODY = {
@@ -46,6 +49,10 @@ CREMAD_ACTORS = {
 }
 #: RAVDESS actors: odd male, even female
 RAVDESS_ACTORS = {3: "en-029", 6: "en-us+f3"}
+#: TESS's two speakers (both women)
+TESS_SPEAKERS = {"OAF": "en-029+f2", "YAF": "en-gb-x-rp+f4"}
+TESS_EMOTIONS = {"anger": "angry", "sadness": "sad"}
+TESS_WORDS = ("back", "date", "mill")
 #: four CREMA-D clip names per actor and emotion, three RAVDESS ones
 CREMAD_TAKES = [("TIE", "LO"), ("DFA", "MD"), ("TIE", "HI"), ("IEO", "XX")]
 RAVDESS_TAKES = [(1, 1), (1, 2), (2, 1)]
@@ -61,10 +68,13 @@ def _jittered(emotion: str, voice: str, rng: np.random.Generator) -> Prosody:
     )
 
 
-def acted_corpora(folder: Path, speech: Speech, *, per_emotion: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(CREMA-D training table, RAVDESS test table), each loaded by its loader from the layout written under
-    `folder` and also saved as `folder/<corpus>.parquet`. 4 actors × 3 emotions × `per_emotion` (≤ 4) training
-    clips; 2 actors × 3 emotions × 3 test clips."""
+def acted_corpora(
+    folder: Path, speech: Speech, *, per_emotion: int = 4
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(CREMA-D training table, RAVDESS test table, TESS test table), each loaded by its loader from the layout
+    written under `folder` and also saved as `folder/<corpus>.parquet`. 4 actors × 3 emotions × `per_emotion` (≤ 4)
+    training clips; RAVDESS 2 actors × 3 emotions × 3 clips; TESS 2 speakers × 2 emotions × 3 words + 1
+    pleasant surprise."""
     rng = np.random.default_rng(1)
     clips = [
         CremadClip(
@@ -88,11 +98,21 @@ def acted_corpora(folder: Path, speech: Speech, *, per_emotion: int = 4) -> tupl
         for statement, repetition in RAVDESS_TAKES
     ]  # fmt: skip
     make_ravdess(folder / "ravdess", test_clips, speech)
-    train = load_cremad(folder / "cremad")
-    test = load_ravdess(folder / "ravdess")
-    train.to_parquet(folder / "cremad.parquet", index=False)
-    test.to_parquet(folder / "ravdess.parquet", index=False)
-    return train, test
+    rng = np.random.default_rng(3)
+    tess_clips = [
+        TessClip(TESS_EMOTIONS[emotion], word=word, speaker=speaker, prosody=_jittered(emotion, voice, rng))
+        for speaker, voice in TESS_SPEAKERS.items()
+        for emotion in TESS_EMOTIONS
+        for word in TESS_WORDS
+    ]
+    surprise = Prosody(pitch=95, amplitude=130, speed=200, voice=TESS_SPEAKERS["YAF"])
+    tess_clips.append(TessClip("ps", word="back", speaker="YAF", prosody=surprise))
+    make_tess(folder / "tess", tess_clips, speech)
+    tables = {"cremad": load_cremad(folder / "cremad"), "ravdess": load_ravdess(folder / "ravdess")}
+    tables["tess"] = load_tess(folder / "tess")
+    for name, table in tables.items():
+        table.to_parquet(folder / f"{name}.parquet", index=False)
+    return tables["cremad"], tables["ravdess"], tables["tess"]
 
 
 # --- a graded IEMOCAP with human and panel votes ------------------------------------------------------------------

@@ -246,6 +246,7 @@ def train_command(
     )
     table, base, source_name = load_corpus(corpus)
     rows, which = _rows(table, split, default_train=True, source=source_name)
+    rows.attrs["source"] = source_name
     with _interruptible("interrupted: training stopped, no model was written (cached features are kept)"):
         if finetune:
             if backbone is None:
@@ -328,10 +329,11 @@ def _train_distributions(
     )  # fmt: skip
     info = model.info
     best = info["best_validation_jsd"]
+    listed = f", listed in {out / 'skipped.csv'}" if info["skipped"] else ""
     _console.print(
-        f"trained on {info['n_train']} rows of {corpus_name} ({which}; {info['skipped']} skipped, listed in "
-        f"{out / 'skipped.csv'}) with {source} distributions over {', '.join(model.classes)}; "
-        f"{info['n_augmented']} DiME-Aug rows; validation: {info['validation']}"
+        f"trained on {info['n_train']} rows of {corpus_name} ({which}; {info['skipped']} skipped{listed}) with "
+        f"{source} distributions over {', '.join(model.classes)}; {info['n_augmented']} DiME-Aug rows; "
+        f"validation: {info['validation']}"
     )
     if info["classes_without_mass"]:
         _console.print(
@@ -375,6 +377,7 @@ def evaluate_command(
 
     table, base, source = load_corpus(corpus)
     rows, _which = _rows(table, split, default_train=False, source=source)
+    rows.attrs["source"] = source
     model = load_model(model_dir)
     if model.info.get("target") == "distribution" or distributions is not None:
         if distributions is None:
