@@ -354,6 +354,10 @@ def run_distribution_experiment(
         + f"\nMean ± standard deviation over {len(config.seeds)} seed(s), predictions of every held-out fold pooled "
         "per seed; best of each column in bold (lowest JS, highest BC). Folds are speaker-independent (the table's "
         "`fold`); the paper used a random 80/20 split.\n"
+        + "\n## Reference only: Scaling Ambiguity's own results (never used here)\n\n"
+        + _markdown(PAPER_RESULTS.astype(str))
+        + "\nQwen2-Audio-7B fine-tuned with LoRA, each source scored against test distributions of its own source, "
+        "random 80/20 split: not comparable one to one with the rows above.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
     provenance = {
