@@ -338,6 +338,11 @@ def run_distribution_experiment(
                                 ]  # fmt: skip
         del backbone
 
+    if not predictions:
+        raise MeltError(
+            "no run could be made: every held-out fold lacked test rows with features or training rows (see the "
+            "messages above and features/*/problems_*.csv)"
+        )
     results = _score_pooled(predictions, corpora)
     write_table(results, out / "results.csv")
     folds = pd.DataFrame.from_records(fold_records)
@@ -602,6 +607,7 @@ def _report(out: Path, results, overall, by_tertile, dime_table, provenance, con
             dime_table.groupby(["corpus", "target", "label"], sort=False)[["rows", "goal", "added"]]
             .mean()
             .round(1)
+            .reset_index()
         )
         sections.append(
             Section(
