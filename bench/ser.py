@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/ser.py [--utterances 48] [--recompute-epochs 5] [--threads N]
 
-One run, same data for every measurement: an espeak-ng emotion corpus (the tests' generator) and a
+One run, same data for every measurement: an espeak-ng emotion corpus in the CREMA-D layout (the tests' builder,
+read by `load_cremad`) and a
 random-weight wav2vec 2.0 model of 4 transformer layers × 256 (CNN 7 × 256 channels), saved and loaded by path.
 
 1. extraction: `extract_features` into a fresh cache (audio seconds per second);
@@ -44,13 +45,13 @@ def make_inputs(folder: Path, utterances: int) -> tuple[Path, Path]:
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
     from transformers.utils import logging
 
-    from ser.corpora import TRAIN_VOICES, emotion_corpus
+    from corpora import Speech
+    from ser.corpora import CREMAD_ACTORS, acted_corpora
 
     logging.disable_progress_bar()
-    per_emotion = max(1, utterances // (3 * len(TRAIN_VOICES)))
-    table = emotion_corpus(
-        folder / "corpus", corpus="bench", voices=TRAIN_VOICES, per_emotion=per_emotion, seed=0
-    )
+    per_emotion = max(1, min(4, utterances // (3 * len(CREMAD_ACTORS))))
+    (folder / "speech").mkdir()
+    table, _, _ = acted_corpora(folder / "corpus", Speech(folder / "speech"), per_emotion=per_emotion)
     torch.manual_seed(0)
     config = Wav2Vec2Config(
         hidden_size=256,
@@ -65,7 +66,7 @@ def make_inputs(folder: Path, utterances: int) -> tuple[Path, Path]:
     Wav2Vec2Model(config).save_pretrained(model_dir)
     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(model_dir)
     print(f"corpus: {len(table)} utterances, {table['duration'].sum():.1f} s of audio", file=sys.stderr)
-    return folder / "corpus" / "corpus.parquet", model_dir
+    return folder / "corpus" / "cremad.parquet", model_dir
 
 
 def phase(name: str, corpus: Path, backbone: Path, cache_dir: Path, recompute_epochs: int) -> dict:
@@ -125,7 +126,7 @@ def phase(name: str, corpus: Path, backbone: Path, cache_dir: Path, recompute_ep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--utterances", type=int, default=48, help="corpus size (multiples of 12)")
+    parser.add_argument("--utterances", type=int, default=48, help="corpus size (12, 24, 36 or 48)")
     parser.add_argument("--recompute-epochs", type=int, default=5, help="recomputed epochs timed (100: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)

@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .corpora import TEST_VOICES, TRAIN_VOICES, emotion_corpus
+from corpora import Speech
+
+from .corpora import GradedCorpus, acted_corpora, graded_iemocap, write_distributions
 
 pytest.importorskip("torch", reason="the SER tests need the `ser` extra (make install)")
 pytest.importorskip("transformers", reason="the SER tests need the `ser` extra (make install)")
@@ -77,18 +79,36 @@ class EmotionCorpora:
     test: pd.DataFrame
     train_path: Path
     test_path: Path
+    tess: pd.DataFrame
+    tess_path: Path
 
 
 @pytest.fixture(scope="session")
-def emotion_corpora(tmp_path_factory) -> EmotionCorpora:
-    """Training: three voices × three emotions × 4 clips; test: two other voices × three emotions × 3 clips."""
-    train_dir = tmp_path_factory.mktemp("emo_train")
-    test_dir = tmp_path_factory.mktemp("emo_test")
-    train = emotion_corpus(train_dir, corpus="espeak_a", voices=TRAIN_VOICES, per_emotion=4, seed=1)
-    test = emotion_corpus(
-        test_dir, corpus="espeak_b", voices=TEST_VOICES, per_emotion=3, seed=2, split="test"
-    )
-    return EmotionCorpora(train, test, train_dir / "corpus.parquet", test_dir / "corpus.parquet")
+def ser_speech(tmp_path_factory) -> Speech:
+    return Speech(tmp_path_factory.mktemp("ser_speech"))
+
+
+@pytest.fixture(scope="session")
+def emotion_corpora(tmp_path_factory, ser_speech) -> EmotionCorpora:
+    """Training: a CREMA-D layout, four actors × three emotions × 4 clips (load_cremad); test: a RAVDESS layout,
+    two other actors × three emotions × 3 clips (load_ravdess), and a TESS layout, two speakers × anger and
+    sadness × 3 words and one pleasant surprise (load_tess)."""
+    folder = tmp_path_factory.mktemp("acted")
+    train, test, tess = acted_corpora(folder, ser_speech)
+    paths = {name: folder / f"{name}.parquet" for name in ("cremad", "ravdess", "tess")}
+    return EmotionCorpora(train, test, paths["cremad"], paths["ravdess"], tess, paths["tess"])
+
+
+@pytest.fixture(scope="session")
+def graded_corpus(tmp_path_factory, ser_speech) -> GradedCorpus:
+    """An IEMOCAP layout (load_iemocap) of graded sad-to-angry prosody with rater votes and a panel."""
+    return graded_iemocap(tmp_path_factory.mktemp("graded"), ser_speech)
+
+
+@pytest.fixture(scope="session")
+def graded_distributions(graded_corpus, tmp_path_factory) -> Path:
+    """The graded corpus's distributions.parquet, made by `melt ambiguity`'s API."""
+    return write_distributions(graded_corpus, tmp_path_factory.mktemp("graded_amb"))
 
 
 @pytest.fixture(scope="session", autouse=True)

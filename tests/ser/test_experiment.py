@@ -21,8 +21,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def experiment_inputs(emotion_corpora, tmp_path_factory) -> Path:
-    """Two label sources (human `label`, and an `llm_label` that relabels some rows and leaves one out) and two
-    test corpora (three classes; two classes plus an off-set label, with its labels in another column)."""
+    """Two label sources (human `label`, and an `llm_label` that relabels some rows and leaves one out) of a
+    CREMA-D layout, and two test corpora in other layouts and voices: RAVDESS (three classes) and TESS (anger and
+    sadness plus a pleasant surprise the training labels lack, its labels in another column)."""
     folder = tmp_path_factory.mktemp("experiment_inputs")
     train = emotion_corpora.train.copy()
     flips = np.random.default_rng(0).random(len(train)) < 0.25
@@ -30,11 +31,9 @@ def experiment_inputs(emotion_corpora, tmp_path_factory) -> Path:
     train.loc[0, "llm_label"] = None
     train.to_parquet(folder / "train.parquet", index=False)
     emotion_corpora.test.to_parquet(folder / "test_three.parquet", index=False)
-    two = emotion_corpora.test[emotion_corpora.test["label"] != "neutral"].rename(
-        columns={"label": "emotion"}
+    emotion_corpora.tess.rename(columns={"label": "emotion"}).to_parquet(
+        folder / "test_two.parquet", index=False
     )
-    two.loc[two.index[0], "emotion"] = "frustration"
-    two.to_parquet(folder / "test_two.parquet", index=False)
     return folder
 
 
@@ -78,7 +77,7 @@ def test_experiment_end_to_end(experiment_inputs, tiny_backbones, tmp_path, melt
     assert len(results) == 2 * 2 * 3 * 2  # backbones × label sources × (two tests + in-domain) × seeds
     assert set(results["test"]) == {"three", "two", "in_domain"}
     assert results.groupby("test")["classes"].max().to_dict() == {"three": 3, "two": 2, "in_domain": 3}
-    assert set(results.loc[results["test"] == "two", "n_test"]) == {11}  # 12 rows, one off-set label left out
+    assert set(results.loc[results["test"] == "two", "n_test"]) == {12}  # 13 rows, the surprise left out
     assert results[["uar", "acc", "f1"]].apply(lambda c: c.between(0, 1)).all().all()
 
     # the fair comparison: the row llm_label leaves out is not in the human-label training data either
@@ -92,13 +91,13 @@ def test_experiment_end_to_end(experiment_inputs, tiny_backbones, tmp_path, melt
     assert two_classes["classes"] == ["anger", "sadness"] and two_classes["head"]["num_classes"] == 2
     assert two_classes["validation"] == info["validation"]  # both sources selected on the same speakers
 
-    # features once per corpus and backbone, shared by every run: the second test corpus reuses the first's
-    # audio, and the training row one source leaves out is not extracted
+    # features once per corpus and backbone, shared by every run; the training row one source leaves out is not
+    # extracted
     caches = sorted((out / "features").iterdir())
     assert len(caches) == 2
     for cache in caches:
         keys = [str(k) for shard in cache.glob("pooled-*.npz") for k in np.load(shard)["keys"]]
-        assert len(keys) == len(set(keys)) == 47 + 18
+        assert len(keys) == len(set(keys)) == 47 + 18 + 13
 
     table = (out / "table.md").read_text()
     header = table.splitlines()[0]
@@ -122,7 +121,7 @@ def test_experiment_end_to_end(experiment_inputs, tiny_backbones, tmp_path, melt
     train_path = experiment_inputs / "train.parquet"
     assert provenance["inputs"]["train"]["sha256"] == hashlib.sha256(train_path.read_bytes()).hexdigest()
     assert provenance["melt_version"] and provenance["settings"]["training"]["epochs"] == 3
-    assert provenance["test_rows_excluded"]["two"] == {"frustration": 1}
+    assert provenance["test_rows_excluded"]["two"] == {"surprise": 1}
     folds = pd.read_csv(out / "folds.csv")
     assert set(folds["fold"]) == {1, 2, 3, 4}
 
@@ -202,13 +201,13 @@ def test_features_train_evaluate_commands(emotion_corpora, tmp_path):
          "--out", str(model), "--epochs", "20", "--min-per-class", "2", "--seed", "1", "-q"],
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
-    assert "split train" in trained.output and "validation: speakers" in trained.output
+    assert "all rows (no train split)" in trained.output and "validation: speakers" in trained.output
     evaluated = runner.invoke(
         app, ["ser", "evaluate", str(model), "--features", str(features), "--corpus", str(emotion_corpora.test_path),
               "--out", str(tmp_path / "eval")],
     )  # fmt: skip
     assert evaluated.exit_code == 0, evaluated.output
-    assert re.search(r"UAR 0\.\d{4}  ACC 0\.\d{4}  F1 0\.\d{4}  on 18 utterances", evaluated.output)
+    assert re.search(r"UAR [01]\.\d{4}  ACC [01]\.\d{4}  F1 [01]\.\d{4}  on 18 utterances", evaluated.output)
     assert (tmp_path / "eval" / "confusion.png").is_file()
 
 

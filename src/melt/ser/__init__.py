@@ -8,6 +8,9 @@
 - `model`: train / evaluate a classifier on a corpus table and a feature cache; model folders.
 - `finetune`: backbone and head trained end to end (no cache).
 - `experiment`: the Table 3 protocol over label sources × backbones × test corpora × seeds.
+- Emotion distributions (Scaling Ambiguity): `losses` (jsd-entropy, soft-ce, kl), `frames` (layer-weighted frames
+  cached for attention pooling), `dime` (DiME-Aug), `distribution_model` (soft-target training and scoring per
+  ambiguity tertile), `distribution_experiment` (targets × DiME-Aug × seeds on speaker-independent folds).
 
 torch and transformers (the `ser` extra) are imported by these modules, so nothing here is imported by
 `melt --help`: the CLI imports them inside its commands.

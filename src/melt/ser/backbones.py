@@ -228,6 +228,36 @@ class HuggingFaceBackbone(Backbone):
             out[i] = np.tensordot(weights / weights.sum(), np.concatenate(means), axes=1)
         return out
 
+    def mixed_frames(self, signals: list[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
+        """Per signal, the valid frames of the layer-weighted sum of its hidden states, [frames, dim] float32
+        (the input of attention pooling, see `melt.ser.frames`). A signal longer than MAX_SECONDS runs as
+        near-equal windows whose frames are concatenated."""
+        torch = self._torch
+        mix = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=self.device)
+        limit = MAX_SECONDS * SAMPLE_RATE
+        pieces: list[np.ndarray] = []
+        owner: list[int] = []
+        for i, s in enumerate(signals):
+            windows = [s] if len(s) <= limit else np.array_split(s, -(-len(s) // limit))
+            pieces += windows
+            owner += [i] * len(windows)
+        frames_of: list[np.ndarray | None] = [None] * len(pieces)
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(pieces):
+            groups.setdefault(0 if self.can_pad() else len(s), []).append(i)
+        with torch.inference_mode():
+            for members in groups.values():
+                values, mask = self.batch_inputs([pieces[i] for i in members])
+                states, valid = self.hidden_states(values, mask)
+                mixed = torch.einsum("l,bltd->btd", mix, states.float())
+                lengths = valid.sum(dim=1).tolist()
+                for row, i in enumerate(members):
+                    frames_of[i] = mixed[row, : int(lengths[row])].cpu().numpy()
+        out: list[list[np.ndarray]] = [[] for _ in signals]
+        for i, frames in zip(owner, frames_of, strict=True):
+            out[i].append(frames)
+        return [np.concatenate(parts) for parts in out]
+
     def _pooled_batch(self, signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(pooled [B, layers, dim], valid frames [B]); without exact padding only equal lengths share a pass."""
         out = np.empty((len(signals), self.num_layers, self.dim), dtype=np.float32)

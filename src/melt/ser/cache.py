@@ -12,8 +12,8 @@ files, so an interrupted extraction keeps every finished shard and a rerun compu
 Why mean-pooled per layer is exact for the paper's head: the head sees mean_t(Σ_l w_l h_lt) and its first Linear
 is affine, so Σ_l w_l mean_t(h_lt) is the same vector whatever weights w the training learns.
 
-Other kinds of entries (e.g. frame-level features for attention pooling) would be shards with their own prefix
-in the same folder, next to `pooled-*`; `POOLED` names this kind.
+Frame-level features for attention pooling are another kind of shard in the same folder (`frames-<mix>-*`, see
+`melt.ser.frames`), keyed the same way; `POOLED` names this kind.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from melt.acoustics.audio import SAMPLE_RATE, AudioError, read_audio
 from melt.corpus.schema import atomic_write, write_table
 from melt.errors import MeltError
 from melt.ser.backbones import MAX_SECONDS, Backbone
+
+if TYPE_CHECKING:
+    from melt.ser.frames import FrameStore
 
 MANIFEST = "manifest.json"
 HASHES = "audio_hashes.parquet"
@@ -80,6 +83,7 @@ class FeatureCache:
         # shards already read, kept while they fit the budget: an experiment reads the same ones for every run
         self._loaded: dict[Path, np.ndarray] = {}
         self._loaded_bytes = 0
+        self._backbone: Backbone | None = None
         self._load_index()
 
     # --- opening ---------------------------------------------------------------------------------------------
@@ -178,6 +182,25 @@ class FeatureCache:
     @property
     def backbone_name(self) -> str:
         return str(self.manifest["backbone"]["name"])
+
+    def backbone(self, device: str = "auto") -> Backbone:
+        """The backbone this cache was made with (loaded once by its name), for audio the cache does not hold yet
+        (augmented rows, frames); refused when its weights are no longer the ones the cache was made with."""
+        if self._backbone is None:
+            from melt.ser.backbones import load_backbone
+
+            self.use_backbone(load_backbone(self.backbone_name, device=device))
+        return self._backbone
+
+    def use_backbone(self, backbone: Backbone) -> None:
+        """Use this already loaded backbone for `backbone()` (it must be the cache's)."""
+        if backbone.fingerprint != self.manifest["fingerprint"]:
+            raise MeltError(
+                f"this cache was made with {self.backbone_name!r} ({self.manifest['fingerprint']}); the backbone "
+                f"loaded now is {backbone.fingerprint}: extract the features again into a new folder",
+                file=self.folder,
+            )
+        self._backbone = backbone
 
     def _shards(self) -> list[Path]:
         return sorted(p for p in self.folder.glob(f"{POOLED}-*.npz") if not p.name.startswith("."))
@@ -414,10 +437,14 @@ def extract_features(
     batch_seconds: float = 60.0,
     files_per_shard: int = 64,
     progress: bool = True,
+    frames: FrameStore | None = None,
 ) -> ExtractionResult:
     """Compute the missing entries of `table`'s audio into `cache`: each utterance whole, and `crops` random
     crops of `cache`'s crop length for the rows of `crop_rows` (default all) longer than that length (a shorter
     utterance's crop is the whole utterance, padding masked, which is its whole entry).
+
+    With `frames` (a `melt.ser.frames.FrameStore` of this cache), the missing layer-weighted frames of each
+    utterance go into that store instead (no crops).
 
     Files are read as 16 kHz mono (`read_audio`); a missing, unreadable, silent, NaN or too short file is
     listed in the result's `problems` and skipped. Batches hold at most `batch_seconds` of padded audio
@@ -429,6 +456,9 @@ def extract_features(
 
     if crops < 0:
         raise MeltError(f"--crops must be 0 or more, got {crops}")
+    if frames is not None and crops:
+        raise MeltError("frames are cached for whole utterances only (no crops)")
+    target = cache if frames is None else frames
     if batch_seconds <= 0:
         raise MeltError(f"--batch-seconds must be positive, got {batch_seconds}")
     if "audio" not in table.columns:
@@ -448,7 +478,7 @@ def extract_features(
         needs_crops = wanted_crops[i] and not (
             digest in cache and cache.samples(digest) <= cache.crop_samples
         )
-        missing = digest not in cache or (
+        missing = digest not in target or (
             needs_crops and any(crop_key(digest, k) not in cache for k in range(wanted_crops[i]))
         )
         if missing:
@@ -463,7 +493,8 @@ def extract_features(
     console = Console(stderr=True)
     todo = list(work.items())
     with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task(f"Features ({backbone.name})", total=len(todo))
+        kind = "Features" if frames is None else "Frames"
+        task = bar.add_task(f"{kind} ({backbone.name})", total=len(todo))
         try:
             for start in range(0, len(todo), files_per_shard):
                 items: list[_Item] = []
@@ -479,9 +510,9 @@ def extract_features(
                             f"{1000 * backbone.min_samples / SAMPLE_RATE:.0f} ms)"
                         )
                         continue
-                    if digest not in cache:
+                    if digest not in target:
                         items.append(_Item(digest, signal, len(signal)))
-                    if len(signal) > cache.crop_samples:
+                    if n_crops and len(signal) > cache.crop_samples:
                         for k in range(n_crops):
                             if crop_key(digest, k) not in cache:
                                 cropped = crop_signal(
@@ -489,20 +520,25 @@ def extract_features(
                                 )
                                 items.append(_Item(crop_key(digest, k), cropped, len(cropped)))
                 for batch in _batches(items, batch_seconds, backbone.can_pad()):
-                    pooled = backbone.pooled([item.signal for item in batch])
-                    for item, vector in zip(batch, pooled, strict=True):
+                    signals = [item.signal for item in batch]
+                    values = (
+                        backbone.pooled(signals)
+                        if frames is None
+                        else backbone.mixed_frames(signals, frames.weights)
+                    )
+                    for item, vector in zip(batch, values, strict=True):
                         if not np.all(np.isfinite(vector)):
                             file_problems[item.key.split(":")[0]] = (
                                 "the backbone gave NaN or infinite features"
                             )
                             continue
-                        cache.add(item.key, item.samples, vector)
+                        target.add(item.key, item.samples, vector)
                         computed += 1
-                cache.flush()
+                target.flush()
                 bar.advance(task, len(todo[start : start + files_per_shard]))
         finally:
             # entries computed before an interruption are kept
-            cache.flush()
+            target.flush()
             cache.record_failures(file_problems)
 
     problems = []

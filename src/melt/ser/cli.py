@@ -124,13 +124,58 @@ def features_command(
 @ser_app.command("train")
 def train_command(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus table with the audio and the labels."),
-    labels: str = typer.Option(..., "--labels", help="Label column to train on, e.g. label or llm_label."),
     out: Path = typer.Option(..., "--out", help="Model folder: head.pt, model.json, curves, layer weights."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Label column to train on, e.g. label or llm_label (--target label)."
+    ),
+    target: str = typer.Option(
+        "label",
+        "--target",
+        help="label: one label per row (--labels); distribution: soft targets (--distributions).",
+    ),
+    distributions: Path | None = typer.Option(
+        None,
+        "--distributions",
+        help="With --target distribution: distributions.parquet of `melt ambiguity` (id, <source>_<label> columns).",
+    ),
+    source: str = typer.Option(
+        "human",
+        "--source",
+        help="With --target distribution: human, synthetic or combined (the column prefix).",
+    ),
+    loss: str = typer.Option(
+        "jsd-entropy", "--loss", help="With --target distribution: jsd-entropy (the paper's), soft-ce or kl."
+    ),
+    entropy_weight: float = typer.Option(
+        0.08, "--entropy-weight", min=0.0, help="λ of jsd-entropy: JSD + λ · mean entropy of the prediction."
+    ),
+    pooling: str = typer.Option(
+        "attention",
+        "--pooling",
+        help="With --target distribution: attention (over cached layer-weighted frames) or mean (the pooled cache).",
+    ),
+    dime: bool = typer.Option(
+        False,
+        "--dime/--no-dime",
+        help="With --target distribution: DiME-Aug on the training rows (not validation).",
+    ),
+    dime_ratio: float = typer.Option(
+        0.30,
+        "--dime-ratio",
+        min=0.0,
+        max=1.0,
+        help="DiME-Aug: classes brought up to ⌊r · largest class⌋ rows.",
+    ),
+    dime_neighbours: int = typer.Option(
+        3, "--dime-neighbours", min=1, help="DiME-Aug: k nearest rows in the class."
+    ),
     features: Path | None = typer.Option(
         None, "--features", help="Feature cache from `melt ser features` (not with --finetune)."
     ),
     classes: str | None = typer.Option(
-        None, "--classes", help="Comma-separated classes of the head (default: every label in the column)."
+        None,
+        "--classes",
+        help="Comma-separated classes of the head (default: every label in the column, or of the distribution).",
     ),
     split: str | None = typer.Option(
         None, "--split", help="Rows to train on: a split name or all (default: train when the table has it)."
@@ -158,18 +203,36 @@ def train_command(
     backbone_lr: float | None = typer.Option(
         None, "--backbone-lr", help="With --finetune: the backbone's learning rate (default: --lr)."
     ),
-    crop_seconds: float = typer.Option(5.0, "--crop-seconds", min=0.1, help="With --finetune: crop length."),
+    crop_seconds: float = typer.Option(
+        5.0,
+        "--crop-seconds",
+        min=0.1,
+        help="With --finetune or --pooling attention: training audio (frames) cut to this length at random.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train the paper's head (weighted sum of layers → Linear → ReLU → Dropout → Linear) on one label column.
+    """Train the paper's head (weighted sum of layers → Linear → ReLU → Dropout → Linear) on one label column,
+    or with --target distribution the distributional head on per-utterance emotion distributions.
 
-    The model of the epoch with the best UAR on held-out training speakers is kept.
+    Labels: the model of the epoch with the best UAR on held-out training speakers is kept. Distributions: the
+    one with the lowest validation JSD; attention pooling fixes the layer weights with a mean-pooled first stage
+    and caches the layer-weighted frames in the features folder (the backbone is loaded again for them).
     """
     from melt.errors import MeltError
     from melt.ser.backbones import resolve_device
     from melt.ser.model import load_corpus, train_model
     from melt.ser.training import TrainSettings
+
+    if target not in ("label", "distribution"):
+        raise MeltError(f"--target takes label or distribution, got {target!r}")
+    if target == "distribution":
+        if distributions is None:
+            raise MeltError("--target distribution needs --distributions FILE (from `melt ambiguity`)")
+        if finetune:
+            raise MeltError("--finetune trains on labels only; use --features with --target distribution")
+    elif labels is None:
+        raise MeltError("--labels COLUMN is needed (or --target distribution --distributions FILE)")
 
     settings = TrainSettings(
         epochs=epochs,
@@ -181,9 +244,10 @@ def train_command(
         validation_fraction=validation_fraction,
         min_per_class=min_per_class,
     )
-    table, base, source = load_corpus(corpus)
-    rows, which = _rows(table, split, default_train=True, source=source)
-    with _interruptible("interrupted: training stopped, no model was written"):
+    table, base, source_name = load_corpus(corpus)
+    rows, which = _rows(table, split, default_train=True, source=source_name)
+    rows.attrs["source"] = source_name
+    with _interruptible("interrupted: training stopped, no model was written (cached features are kept)"):
         if finetune:
             if backbone is None:
                 raise MeltError("--finetune needs --backbone (the model to fine-tune)")
@@ -202,6 +266,16 @@ def train_command(
                 device=device,
                 progress=not quiet,
             )
+        elif target == "distribution":
+            if features is None:
+                raise MeltError("--features is needed (a cache from `melt ser features`)")
+            _train_distributions(
+                features, rows, distributions, out, settings, classes=classes, base=base, source=source,
+                loss=loss, entropy_weight=entropy_weight, pooling=pooling, dime=dime, dime_ratio=dime_ratio,
+                dime_neighbours=dime_neighbours, crop_seconds=crop_seconds, device=resolve_device(device),
+                quiet=quiet, which=which, corpus_name=source_name,
+            )  # fmt: skip
+            return
         else:
             if features is None:
                 raise MeltError("--features is needed (a cache from `melt ser features`), or use --finetune")
@@ -219,11 +293,54 @@ def train_command(
     info = model.info
     best = info["best_validation_uar"]
     _console.print(
-        f"trained on {info['n_train']} rows of {source} ({which}; {info['skipped']} without usable audio), "
+        f"trained on {info['n_train']} rows of {source_name} ({which}; {info['skipped']} without usable audio), "
         f"classes {', '.join(model.classes)}; validation: {info['validation']}"
     )
     shown = f"{best:.4f}" if best is not None else "n/a"
     _console.print(f"kept epoch {info['best_epoch']} (validation UAR {shown}); written to {out}")
+
+
+def _train_distributions(
+    features, rows, distributions, out, settings, *, classes, base, source, loss, entropy_weight, pooling, dime,
+    dime_ratio, dime_neighbours, crop_seconds, device, quiet, which, corpus_name,
+) -> None:  # fmt: skip
+    from pydantic import ValidationError
+
+    from melt.errors import MeltError
+    from melt.ser.dime import DimeSettings
+    from melt.ser.distribution_model import DistributionOptions, train_distribution_model
+
+    try:
+        options = DistributionOptions(
+            source=source,
+            loss=loss,
+            entropy_weight=entropy_weight,
+            pooling=pooling,
+            dime=DimeSettings(ratio=dime_ratio, neighbours=dime_neighbours, seed=settings.seed)
+            if dime
+            else None,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise MeltError(problems) from exc
+    model = train_distribution_model(
+        features, rows, distributions, out, options=options, settings=settings, classes=classes, root=base,
+        device=device, progress=not quiet,
+    )  # fmt: skip
+    info = model.info
+    best = info["best_validation_jsd"]
+    listed = f", listed in {out / 'skipped.csv'}" if info["skipped"] else ""
+    _console.print(
+        f"trained on {info['n_train']} rows of {corpus_name} ({which}; {info['skipped']} skipped{listed}) with "
+        f"{source} distributions over {', '.join(model.classes)}; {info['n_augmented']} DiME-Aug rows; "
+        f"validation: {info['validation']}"
+    )
+    if info["classes_without_mass"]:
+        _console.print(
+            f"[yellow]note[/]: no training row gives any probability to {info['classes_without_mass']}"
+        )
+    shown = f"{best:.4f}" if best is not None else "n/a"
+    _console.print(f"kept epoch {info['best_epoch']} (validation JSD {shown}); written to {out}")
 
 
 @ser_app.command("evaluate")
@@ -238,17 +355,57 @@ def evaluate_command(
     split: str | None = typer.Option(
         None, "--split", help="Only the rows of this split (default: every row)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (fine-tuned models)."),
+    distributions: Path | None = typer.Option(
+        None,
+        "--distributions",
+        help="A distributional model: the reference distributions (distributions.parquet).",
+    ),
+    reference: str = typer.Option(
+        "human",
+        "--reference",
+        help="With --distributions: the source scored against (human, synthetic, combined).",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (fine-tuned models, frames)."),
 ) -> None:
     """UAR, ACC, macro-F1, per-class recall, confusion matrix and per-utterance probabilities on a test corpus.
 
-    Rows whose label is not among the model's classes are left out and counted.
+    Rows whose label is not among the model's classes are left out and counted. A distributional model is scored
+    with --distributions: JSD, BC, R², ECE, accuracy, F1, entropy per tertile of human ambiguity.
     """
-    from melt.ser.model import evaluate_model, load_corpus
+    from melt.errors import MeltError
+    from melt.ser.model import evaluate_model, load_corpus, load_model
 
     table, base, source = load_corpus(corpus)
     rows, _which = _rows(table, split, default_train=False, source=source)
-    evaluation = evaluate_model(model_dir, features, rows, out, labels=labels, root=base, device=device)
+    rows.attrs["source"] = source
+    model = load_model(model_dir)
+    if model.info.get("target") == "distribution" or distributions is not None:
+        if distributions is None:
+            raise MeltError(
+                "this model predicts distributions: give --distributions FILE to score it against"
+            )
+        if features is None:
+            raise MeltError("--features is needed (the cache the model was trained on)")
+        from melt.ser.backbones import resolve_device
+        from melt.ser.distribution_model import evaluate_distribution_model
+
+        with _interruptible("interrupted: nothing was written (cached frames are kept)"):
+            result = evaluate_distribution_model(
+                model, features, rows, distributions, out, reference=reference, root=base,
+                device=resolve_device(device),
+            )  # fmt: skip
+        for row in result.metrics.itertuples(index=False):
+            _console.print(
+                f"{row.tertile:>6}: n {row.n:4d}  JSD {row.jsd:.4f}  BC {row.bc:.4f}  R² {row.r2:.4f}  "
+                f"ECE {row.ece:.4f}  ACC {row.acc:.4f}  F1 {row.f1_macro:.4f}"
+            )
+        if len(result.skipped):
+            _console.print(
+                f"[yellow]{len(result.skipped)} rows left out[/] (listed in {out / 'skipped.csv'})"
+            )
+        _console.print(f"written to {out}")
+        return
+    evaluation = evaluate_model(model, features, rows, out, labels=labels, root=base, device=device)
     m = evaluation.metrics
     _console.print(f"UAR {m['uar']:.4f}  ACC {m['acc']:.4f}  F1 {m['f1']:.4f}  on {m['n']} utterances")
     recall = ", ".join(f"{c} {v:.3f}" for c, v in m["per_class_recall"].items() if v is not None)
@@ -266,7 +423,9 @@ def evaluate_command(
 @ser_app.command("experiment")
 def experiment_command(
     config: Path = typer.Argument(
-        ..., help="YAML: train {corpus, labels}, test {name: table}, backbones, seeds."
+        ...,
+        help="YAML: train {corpus, labels}, test {name: table}, backbones, seeds; or distributions {name: {table, "
+        "distributions}}, targets, dime, backbones, seeds.",
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (features, runs, results, table, report)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override training.epochs."),
@@ -274,12 +433,14 @@ def experiment_command(
     device: str | None = typer.Option(None, "--device", help="Override device: auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """The MELT paper's Table 3 protocol over label sources × backbones × test corpora × seeds.
+    """The MELT paper's Table 3 protocol over label sources × backbones × test corpora × seeds, or, when the YAML
+    has `distributions:`, distribution experiments: targets × DiME-Aug × seeds on speaker-independent folds,
+    scored per tertile of human ambiguity (docs/ser.md).
 
     Resumable: a rerun skips finished runs and cached features.
     """
     from melt.errors import MeltError
-    from melt.ser.experiment import ExperimentConfig, run_experiment
+    from melt.ser.experiment import load_experiment, run_experiment
 
     seed_list = None
     if seeds is not None:
@@ -287,7 +448,17 @@ def experiment_command(
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError as exc:
             raise MeltError(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
-    settings = ExperimentConfig.load(config, epochs=epochs, seeds=seed_list, device=device)
+    settings = load_experiment(config, epochs=epochs, seeds=seed_list, device=device)
+    if hasattr(settings, "distributions"):
+        from melt.ser.distribution_experiment import run_distribution_experiment
+
+        with _interruptible():
+            outcome = run_distribution_experiment(
+                settings, out, progress=not quiet, log=lambda line: _errors.print(line)
+            )
+        _console.print(outcome.table_markdown, markup=False)
+        _console.print(f"written to {out} (results.csv, folds.csv, table.md, jsd.png, bc.png, report.html)")
+        return
     with _interruptible():
         result = run_experiment(settings, out, progress=not quiet, log=lambda line: _errors.print(line))
     _console.print(result.table_markdown, markup=False)

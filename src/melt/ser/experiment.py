@@ -120,26 +120,7 @@ class ExperimentConfig(BaseModel):
         """The YAML file's settings; relative paths are relative to the file's folder. `overrides` that are not
         None replace top-level keys; `epochs` replaces training.epochs."""
         path = Path(path)
-        if not path.is_file():
-            raise MeltError("experiment config not found", file=path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise MeltError(f"not valid YAML ({exc})", file=path) from exc
-        if not isinstance(data, dict):
-            raise MeltError("expected a mapping with train, test, backbones, seeds", file=path)
-        epochs = overrides.pop("epochs", None)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        if epochs is not None:
-            data.setdefault("training", {})
-            data["training"] = {**(data["training"] or {}), "epochs": epochs}
-        try:
-            config = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-            )
-            raise MeltError(f"invalid experiment config: {problems}", file=path) from exc
+        config = validated_config(cls, read_yaml(path), overrides, path)
         base = path.parent
         config.train.corpus = _resolve(config.train.corpus, base)
         for test in config.test.values():
@@ -151,6 +132,43 @@ class ExperimentConfig(BaseModel):
         if not config.test and not config.in_domain:
             raise MeltError("nothing to evaluate: give test corpora or in_domain: true", file=path)
         return config
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise MeltError("experiment config not found", file=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MeltError(f"not valid YAML ({exc})", file=path) from exc
+    if not isinstance(data, dict):
+        raise MeltError("expected a mapping with train, test, backbones, seeds", file=path)
+    return data
+
+
+def validated_config(cls, data: dict[str, Any], overrides: dict[str, Any], path: Path):
+    """`cls` from the YAML mapping with `overrides` (not None) on top; `epochs` replaces training.epochs."""
+    overrides = dict(overrides)
+    epochs = overrides.pop("epochs", None)
+    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    if epochs is not None:
+        data["training"] = {**(data.get("training") or {}), "epochs": epochs}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise MeltError(f"invalid experiment config: {problems}", file=path) from exc
+
+
+def load_experiment(path: str | Path, **overrides: Any):
+    """The experiment a YAML file describes: a distribution experiment (`melt.ser.distribution_experiment`) when
+    it has a `distributions` key, else the Table 3 protocol."""
+    path = Path(path)
+    if "distributions" in read_yaml(path):
+        from melt.ser.distribution_experiment import DistributionExperimentConfig
+
+        return DistributionExperimentConfig.load(path, **overrides)
+    return ExperimentConfig.load(path, **overrides)
 
 
 def _resolve(path: Path, base: Path) -> Path:

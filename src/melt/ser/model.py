@@ -67,7 +67,9 @@ def load_corpus(
     if isinstance(corpus, pd.DataFrame):
         if "id" not in corpus.columns:
             raise MeltError("corpus table has no `id` column")
-        table, base, source = corpus.reset_index(drop=True), Path(root or "."), "<table>"
+        # a table read from a file and passed on (e.g. by the CLI) names the file in messages
+        source = str(corpus.attrs.get("source", "<table>"))
+        table, base = corpus.reset_index(drop=True), Path(root or ".")
     else:
         path = Path(corpus)
         table, base, source = read_table(path), Path(root) if root is not None else path.parent, str(path)

@@ -121,5 +121,39 @@ def uar_bars(results: pd.DataFrame, path: str | Path, chance: dict[str, float] |
     return _save(figure, path)
 
 
+def tertile_bars(results: pd.DataFrame, metric: str, path: str | Path) -> Path:
+    """One panel per backbone and corpus: `metric` per tertile of human ambiguity (low, medium, high, all), one bar
+    per target × DiME-Aug setting, mean ± std over seeds."""
+    tertiles = ["low", "medium", "high", "all"]
+    panels = list(dict.fromkeys(zip(results["backbone"], results["corpus"], strict=True)))
+    systems = list(dict.fromkeys(zip(results["target"], results["dime"], strict=True)))
+    figure = _figure(max(5.0, 1.5 + 1.3 * len(tertiles) * max(1, len(systems)) / 3) * len(panels), 3.6)
+    width = 0.8 / max(1, len(systems))
+    for number, (backbone, corpus) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), number)
+        part = results[(results["backbone"] == backbone) & (results["corpus"] == corpus)]
+        summary = part.groupby(["target", "dime", "tertile"], sort=False)[metric].agg(["mean", "std"])
+        for k, (target, dime) in enumerate(systems):
+            means = [summary["mean"].get((target, dime, t), np.nan) for t in tertiles]
+            stds = [summary["std"].get((target, dime, t), np.nan) for t in tertiles]
+            axes.bar(
+                np.arange(len(tertiles)) + (k - (len(systems) - 1) / 2) * width,
+                means,
+                width,
+                yerr=np.nan_to_num(stds),
+                capsize=2,
+                label=f"{target} · DiME {dime}",
+            )
+        axes.set_xticks(range(len(tertiles)), tertiles)
+        axes.set_xlabel("tertile of human ambiguity")
+        axes.set_ylabel({"jsd": "JSD (base 2) ↓", "bc": "Bhattacharyya coefficient ↑"}.get(metric, metric))
+        top = float(np.nanmax(summary["mean"] + summary["std"].fillna(0))) if len(summary) else 1.0
+        axes.set_ylim(0, 1 if metric == "bc" or not np.isfinite(top) else min(1.0, 1.25 * top))
+        axes.set_title(f"{_short(backbone)} · {corpus}", fontsize=9)
+        if number == 1:
+            axes.legend(fontsize=7, ncol=2)
+    return _save(figure, path)
+
+
 def _short(name: str) -> str:
     return Path(name).name if "/" in name else name
