@@ -19,6 +19,7 @@ Frame-level features for attention pooling are another kind of shard in the same
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -396,6 +397,17 @@ def audio_hashes(
         with contextlib.suppress(OSError):
             write_table(frame, memo_path)
     return hashes, reasons
+
+
+def audio_content_key(table: pd.DataFrame, base: Path, memo_folder: Path | None) -> str:
+    """SHA-256 over each row's id and audio content hash (or why it has none): what a run's result depends on
+    besides the table's own bytes, since a re-recorded clip keeps its path and its row."""
+    hashes, reasons = audio_hashes(audio_paths(table, base), memo_folder)
+    ids = table["id"].astype(str) if "id" in table.columns else pd.Series(range(len(table))).astype(str)
+    digest = hashlib.sha256()
+    for identifier, content, reason in zip(ids, hashes, reasons, strict=True):
+        digest.update(f"{identifier}\t{content or reason}\n".encode())
+    return digest.hexdigest()
 
 
 # --- extraction -----------------------------------------------------------------------------------------------

@@ -239,7 +239,7 @@ def run_distribution_experiment(
 ) -> DistributionExperimentResult:
     """Run (or resume) every run of the distribution experiment and write its outputs into `out_dir`."""
     from melt.ser.backbones import load_backbone, resolve_device
-    from melt.ser.cache import FeatureCache, extract_features
+    from melt.ser.cache import FeatureCache, audio_content_key, extract_features
 
     out = Path(out_dir)
     device = resolve_device(config.device)
@@ -278,6 +278,13 @@ def run_distribution_experiment(
                 log(
                     f"{backbone_name} / {corpus.name}: {len(result.problems)} rows skipped (listed in {listed})"
                 )
+            # what every run and frame mix of this corpus was made from: its files and its audio content (a clip
+            # re-recorded in place keeps its row)
+            made_from = [
+                inputs[f"{corpus.name}:table"]["sha256"],
+                inputs[f"{corpus.name}:distributions"]["sha256"],
+                audio_content_key(corpus.table, corpus.base, cache.folder),
+            ]
             for fold in corpus.folds:
                 in_fold = (corpus.table["fold"] == fold).fillna(False).to_numpy()
                 train_rows = corpus.table[corpus.trainable & ~in_fold].reset_index(drop=True)
@@ -290,7 +297,9 @@ def run_distribution_experiment(
                 fold_dir = out / "runs" / slug / _slug(corpus.name) / f"fold{_slug(str(fold))}"
                 mix = None
                 if config.pooling == "attention":
-                    mix = _fold_layer_weights(config, cache, corpus, train_rows, fold_dir, device, progress)
+                    mix = _fold_layer_weights(
+                        config, cache, corpus, train_rows, fold_dir, device, progress, made_from
+                    )
                     layer_weights[f"{_short(backbone_name)} · {corpus.name} · fold {fold}"] = mix.tolist()
                 for seed in config.seeds:
                     settings = config.training.model_copy(update={"seed": seed})
@@ -298,10 +307,7 @@ def run_distribution_experiment(
                     common = {
                         "settings": settings.model_dump(),
                         "fingerprint": cache.manifest["fingerprint"],
-                        "inputs": [
-                            inputs[f"{corpus.name}:table"]["sha256"],
-                            inputs[f"{corpus.name}:distributions"]["sha256"],
-                        ],
+                        "inputs": made_from,
                         "classes": corpus.classes,
                         "reference": config.reference,
                         "fold": str(fold),
@@ -400,16 +406,17 @@ def _validation_speakers(rows: pd.DataFrame, settings: TrainSettings) -> list[st
 
 
 def _fold_layer_weights(
-    config, cache, corpus: _Corpus, train_rows, fold_dir: Path, device, progress
+    config, cache, corpus: _Corpus, train_rows, fold_dir: Path, device, progress, made_from: list[str]
 ) -> np.ndarray:
     """The fold's frame mix: a mean-pooled head on the reference distributions of its training rows (first seed);
-    remembered in `fold_dir/layer_weights.json` with the key of what decided it."""
+    remembered in `fold_dir/layer_weights.json` with the key of what decided it (`made_from`: the corpus's table,
+    distributions and audio content)."""
     from melt.ser.distribution_model import train_distribution_model
 
     settings = config.training.model_copy(update={"seed": config.seeds[0]})
     speakers = _validation_speakers(train_rows, settings)
     key = _key(
-        {"settings": settings.model_dump(), "fingerprint": cache.manifest["fingerprint"]},
+        {"settings": settings.model_dump(), "fingerprint": cache.manifest["fingerprint"], "inputs": made_from},
         ids=sorted(train_rows["id"].astype(str)), reference=config.reference, classes=corpus.classes,
         validation=speakers, loss=config.loss, entropy_weight=config.entropy_weight, blocks=config.blocks,
     )  # fmt: skip

@@ -216,7 +216,7 @@ def run_experiment(
 ) -> ExperimentResult:
     """Run (or resume) every run of the protocol and write the outputs into `out_dir`."""
     from melt.ser.backbones import load_backbone, resolve_device
-    from melt.ser.cache import FeatureCache, extract_features
+    from melt.ser.cache import FeatureCache, audio_content_key, extract_features
     from melt.ser.model import evaluate_model, train_model
     from melt.ser.training import validation_split
 
@@ -294,6 +294,9 @@ def run_experiment(
                     f"audio), listed in {listed}"
                 )
         del backbone  # the backbone's memory is not needed for training heads
+        # a finished run is reused only for the same audio, not just the same tables (a clip re-recorded in place)
+        train_audio = audio_content_key(train_table[extract_rows], train_base, cache.folder)
+        test_audio = {t.name: audio_content_key(t.table, t.base, cache.folder) for t in tests}
 
         for seed in config.seeds:
             settings = config.training.model_copy(update={"seed": seed})
@@ -309,6 +312,7 @@ def run_experiment(
                 "crops": config.crops,
                 "crop_seconds": config.crop_seconds,
                 "train": inputs["train"]["sha256"],
+                "train_audio": train_audio,
                 "validation": validation_speakers,
             }
             for source_name, column in sources.items():
@@ -319,6 +323,7 @@ def run_experiment(
                         column=column,
                         classes=test.classes,
                         test=inputs[f"test:{test.name}"]["sha256"],
+                        test_audio=test_audio[test.name],
                         test_labels=test.labels,
                     )
                     record, frame = _finished(run_dir, run_key)
