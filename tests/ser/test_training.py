@@ -108,6 +108,21 @@ def test_validation_speakers_are_held_out_whole():
     assert mask.sum() == 2 and "not speaker-independent" in rule
 
 
+def test_rows_without_a_speaker_do_not_make_the_split_speaker_dependent():
+    """MSP-Podcast's "Unknown" speakers load as missing: those rows stay in training, and the validation set is
+    still made of whole known speakers (not a random share of utterances with every speaker on both sides)."""
+    speakers = ["a"] * 30 + ["b"] * 30 + ["c"] * 30 + ["d"] * 10 + [None] * 5
+    for seed in range(5):
+        mask, rule = validation_split(speakers, fraction=0.1, seed=seed)
+        chosen = {s for s, m in zip(speakers, mask, strict=True) if m}
+        trained = {s for s, m in zip(speakers, mask, strict=True) if not m}
+        assert chosen and None not in chosen and not chosen & trained, (seed, chosen)
+        assert rule.startswith("speakers") and "5 rows without a speaker" in rule
+    # a single known speaker cannot be split by speaker: a random share, said so
+    mask, rule = validation_split(["a"] * 20 + [None] * 5, fraction=0.2, seed=0)
+    assert mask.sum() == 5 and "not speaker-independent" in rule
+
+
 def test_egemaps_generalises_across_corpora_and_shuffled_labels_do_not(egemaps_cache, emotion_corpora):
     """Trained on a CREMA-D layout, tested on a RAVDESS layout (each read by its loader; other speakers, voices and
     sentences): prosody carries the emotion, so eGeMAPS generalises; with the training labels shuffled the same
