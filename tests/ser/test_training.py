@@ -97,6 +97,18 @@ def test_training_is_deterministic_for_a_seed(wav2vec2_cache, emotion_corpora):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+def test_a_model_folder_repeats_byte_for_byte(egemaps_cache, emotion_corpora, tmp_path):
+    """Two CPU runs with one seed write the same weights file, byte for byte (not only equal tensors), and the
+    same curve and layer weights."""
+    settings = FAST.model_copy(update={"epochs": 3})
+    for name in ("a", "b"):
+        train_model(
+            egemaps_cache, emotion_corpora.train, "label", tmp_path / name, settings=settings, progress=False
+        )
+    for file in ("head.pt", "curve.csv", "layer_weights.csv"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
 def test_validation_speakers_are_held_out_whole():
     speakers = ["a"] * 50 + ["b"] * 30 + ["c"] * 12 + ["d"] * 8 + ["e"] * 100
     mask, rule = validation_split(speakers, fraction=0.1, seed=0)

@@ -14,6 +14,7 @@ per-class recall, the confusion matrix and per-utterance predictions with class 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -246,7 +247,11 @@ def save_model(
     try:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
-        atomic_write(out / HEAD_WEIGHTS, lambda tmp: torch.save(state, tmp))
+        # saved to a buffer: torch.save names its archive's records after the file, and the temporary file's
+        # name is random, so the same weights would give different bytes
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(out / HEAD_WEIGHTS, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         weights = model.layer_weights()
         write_table(
             pd.DataFrame({"layer": range(len(weights)), "weight": weights}), out / "layer_weights.csv"
