@@ -181,7 +181,7 @@ def test_bad_training_input_is_one_clear_error(egemaps_cache, wav2vec2_cache, em
     train = emotion_corpora.train
     with pytest.raises(MeltError, match=r"missing column.*'llm_label'"):
         train_model(egemaps_cache, train, "llm_label", None, settings=FAST, progress=False)
-    with pytest.raises(MeltError, match="none of the classes"):
+    with pytest.raises(MeltError, match=r"none of the classes.*found: (anger|neutral|sadness) \(16\)"):
         train_model(egemaps_cache, train, "label", None, classes="joy,fear", settings=FAST, progress=False)
     with pytest.raises(MeltError, match=r"too few training rows per class.*anger: 1"):
         few = pd.concat([train[train["label"] != "anger"], train[train["label"] == "anger"].iloc[:1]])

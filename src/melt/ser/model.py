@@ -99,7 +99,8 @@ def _parse_classes(classes: str | list[str] | tuple[str, ...] | None) -> list[st
 def check_class_counts(
     labels: pd.Series, classes: list[str], *, minimum: int, source: str, column: str
 ) -> None:
-    """One clear error when the classes share nothing with the labels or a class has too few rows."""
+    """One clear error when the classes share nothing with the labels or a class has too few rows. `labels` are
+    all the rows' labels, so that the error can show the ones found."""
     counts = labels.value_counts()
     present = [c for c in classes if counts.get(c, 0) > 0]
     if not present:
@@ -154,9 +155,7 @@ def train_model(
             f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
         )
     keep = label_values.isin(wanted).to_numpy()
-    check_class_counts(
-        label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels
-    )
+    check_class_counts(label_values, wanted, minimum=settings.min_per_class, source=source, column=labels)
     rows = table[keep].reset_index(drop=True)
     row_labels = label_values[keep].reset_index(drop=True)
 
