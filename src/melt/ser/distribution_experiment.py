@@ -54,7 +54,9 @@ from melt.ser.experiment import (
     _key,
     _looks_local,
     _markdown,
+    _mean_and_spread,
     _resolve,
+    _seeds_note,
     _short,
     _slug,
     _versions,
@@ -362,7 +364,7 @@ def run_distribution_experiment(
         + _markdown(overall)
         + "\n## Per tertile of the test utterances' human ambiguity\n\n"
         + _markdown(by_tertile)
-        + f"\nMean ± standard deviation over {len(config.seeds)} seed(s), predictions of every held-out fold pooled "
+        + f"\n{_seeds_note(len(config.seeds))}, predictions of every held-out fold pooled "
         "per seed; best of each column in bold (lowest JS, highest BC). Folds are speaker-independent (the table's "
         "`fold`); the paper used a random 80/20 split.\n"
         + "\n## Reference only: Scaling Ambiguity's own results (never used here)\n\n"
@@ -518,7 +520,7 @@ def result_tables(results: pd.DataFrame, corpora: list[str]) -> tuple[pd.DataFra
     target × DiME-Aug, "mean ± std" over seeds, the best mean of each column wrapped in ** (bold in Markdown)."""
     grouped = results.groupby(["backbone", "corpus", "target", "dime", "tertile"], sort=False)
     mean = grouped[["jsd", "bc"]].mean()
-    std = grouped[["jsd", "bc"]].std(ddof=1).fillna(0.0)
+    std = grouped[["jsd", "bc"]].std(ddof=1)  # NaN for a single seed: no spread to show
     systems = list(dict.fromkeys(zip(results["backbone"], results["target"], results["dime"], strict=True)))
 
     def cell(system, corpus: str, tertile: str, metric: str) -> str:
@@ -533,7 +535,7 @@ def result_tables(results: pd.DataFrame, corpora: list[str]) -> tuple[pd.DataFra
             if (b, corpus, t, d, tertile) in mean.index
         ]
         best = min(column) if metric == "jsd" else max(column)
-        text = f"{value:.4f} ± {std.loc[key, metric]:.4f}"
+        text = _mean_and_spread(value, std.loc[key, metric])
         return f"**{text}**" if np.isclose(value, best) else text
 
     def table(tertiles: tuple[str, ...]) -> pd.DataFrame:

@@ -399,7 +399,7 @@ def run_experiment(
     test_names = [t.name for t in tests] + ([IN_DOMAIN] if in_domain is not None else [])
     table = table3_frame(results, test_names)
     table_md = _markdown(table) + (
-        f"\nMean ± standard deviation over {len(config.seeds)} seed(s); the best mean of each column in bold. "
+        f"\n{_seeds_note(len(config.seeds))}; the best mean of each column in bold. "
         "UAR is the mean recall over the classes, F1 is macro-averaged.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
@@ -696,11 +696,12 @@ def paired_comparisons(
 
 
 def table3_frame(results: pd.DataFrame, tests: list[str]) -> pd.DataFrame:
-    """Rows backbone × label source, columns UAR / ACC / F1 per test corpus as "mean ± std" over seeds; the best
-    mean of every column wrapped in ** (bold in Markdown)."""
+    """Rows backbone × label source, columns UAR / ACC / F1 per test corpus as "mean ± std" over seeds (the mean
+    alone for a single seed); the best mean of every column wrapped in ** (bold in Markdown)."""
     grouped = results.groupby(["backbone", "labels", "test"], sort=False)
     mean = grouped[["uar", "acc", "f1"]].mean()
-    std = grouped[["uar", "acc", "f1"]].std(ddof=1).fillna(0.0)
+    # NaN for a single seed: no spread to show
+    std = grouped[["uar", "acc", "f1"]].std(ddof=1)
     classes = results.groupby("test")["classes"].max()
     systems = list(dict.fromkeys(zip(results["backbone"], results["labels"], strict=True)))
     rows = []
@@ -720,10 +721,19 @@ def table3_frame(results: pd.DataFrame, tests: list[str]) -> pd.DataFrame:
                     row[column] = "–"
                     continue
                 values = [mean[metric].get((b, lab, test), np.nan) for b, lab in systems]
-                text = f"{m:.4f} ± {std[metric].get((backbone, labels, test), 0.0):.4f}"
+                text = _mean_and_spread(m, std[metric].get((backbone, labels, test), np.nan))
                 row[column] = f"**{text}**" if np.isclose(m, np.nanmax(values)) else text
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _mean_and_spread(mean: float, std: float) -> str:
+    """ "mean ± std", or the mean alone where the standard deviation is undefined (a single seed)."""
+    return f"{mean:.4f}" if np.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _seeds_note(seeds: int) -> str:
+    return f"Mean ± standard deviation over {seeds} seeds" if seeds > 1 else "One seed: means, no spread"
 
 
 def _markdown(table: pd.DataFrame) -> str:
