@@ -147,6 +147,17 @@ def test_experiment_bad_inputs_are_one_line(experiment_inputs, tmp_path, melt_cl
     same = _config(experiment_inputs, ["egemaps"], test={"self": "train.parquet"})
     with pytest.raises(MeltError, match="use `in_domain: true`"):
         run_experiment(ExperimentConfig.load(same), tmp_path / "o3", progress=False)
+    # names that would share a run folder, or a test that would be pooled with the in-domain scores
+    for clash, pattern in (
+        ({"test": {"in_domain": "test_three.parquet"}}, "in_domain"),
+        ({"test": {"rav dess": "test_three.parquet", "rav_dess": "test_two.parquet"}}, "same folder"),
+        (
+            {"train": {"corpus": "train.parquet", "labels": {"a/b": "label", "a_b": "llm_label"}}},
+            "same folder",
+        ),
+    ):
+        with pytest.raises(MeltError, match=pattern):
+            ExperimentConfig.load(_config(experiment_inputs, ["egemaps"], **clash))
     broken = experiment_inputs / "broken.yaml"
     broken.write_text("train: {corpus: train.parquet}\nbackbones: []\n")
     with pytest.raises(MeltError, match="invalid experiment config"):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from melt import __version__
 from melt.acoustics.features import file_sha256
@@ -114,6 +114,20 @@ class ExperimentConfig(BaseModel):
         if isinstance(value, dict):
             return {k: ({"table": v} if isinstance(v, str | Path) else v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _distinct_folders(self) -> ExperimentConfig:
+        if IN_DOMAIN in self.test:
+            raise ValueError(f"a test corpus may not be called {IN_DOMAIN!r}: use `in_domain: true`")
+        for kind, names in (("test corpora", self.test), ("label sources", self.train.labels)):
+            seen: dict[str, str] = {}
+            for name in names:
+                other = seen.setdefault(_slug(name), name)
+                if other != name:
+                    raise ValueError(
+                        f"{kind} {other!r} and {name!r} would share the same folder {_slug(name)!r}"
+                    )
+        return self
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> ExperimentConfig:
