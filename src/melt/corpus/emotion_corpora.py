@@ -190,6 +190,8 @@ def _finish(
 
 _EVAL_LINE = re.compile(r"^\[\s*([^\s\]-]+)\s*-\s*([^\s\]]+)\s*\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
 _RATER_LINE = re.compile(r"^C-([^:\s]+)\s*:(.*)$")
+#: Rater ids of the session's actors (`C-F1:`, `C-M1:`): their self-evaluations, not evaluators' perceptions.
+_IEMOCAP_ACTOR = re.compile(r"^[FM]\d+$")
 _TRANSCRIPT_LINE = re.compile(r"^(\S+)\s+\[[^\]]*\]\s*:\s?(.*)$")
 _IEMOCAP_ID = re.compile(r"^Ses(\d+)[FM]_.*_([FM])\d+$")
 
@@ -203,6 +205,8 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
     `SessionN/dialog/transcriptions/<dialog>.txt` and audio `SessionN/sentences/wav/<dialog>/<utt>.wav`.
     `classes="4"` keeps neu, hap+exc (as joy), sad, ang; `"all"` keeps every label, off-set ones included.
     Speaker is session + the speaking actor's gender (`Ses01F_impro01_M003` -> Ses01M); fold = session.
+    `votes` holds the evaluators' lines (`C-E1:`...); the actors' self-evaluations (`C-F1:`, `C-M1:`) go to
+    `self_votes`, since the release's label and [V, A, D] means are the evaluators' alone.
     """
     if classes not in IEMOCAP_CLASSES:
         raise MeltError(f"--classes takes 4 or all, got {classes!r}")
@@ -244,6 +248,10 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
                 continue
             text = texts.get(utt)
             untranscribed += text is None
+            # The release's own aggregates (the label, the [V, A, D] means) come from the evaluators alone; an
+            # actor rating their own turn is a different judgement, kept apart in `self_votes`.
+            evaluators = {r: v for r, v in utterance["raters"].items() if not _IEMOCAP_ACTOR.match(r)}
+            actors = {r: v for r, v in utterance["raters"].items() if _IEMOCAP_ACTOR.match(r)}
             session, gender = utterance["session"], utterance["gender"]
             rows.append(
                 {
@@ -258,7 +266,8 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
                     "text": text,
                     "label": label,
                     "label_original": original,
-                    "votes": votes_json(rater_votes(utterance["raters"])),
+                    "votes": votes_json(rater_votes(evaluators)),
+                    "self_votes": votes_json(rater_votes(actors)),
                     "valence": utterance["vad"][0],
                     "arousal": utterance["vad"][1],
                     "dominance": utterance["vad"][2],
