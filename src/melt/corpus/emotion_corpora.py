@@ -351,42 +351,53 @@ def _iemocap_transcript(path: Path) -> dict[str, str]:
 
 # --- TESS --------------------------------------------------------------------------------------------------------
 
-_TESS_NAME = re.compile(r"^(OAF|YAF)_(.+)_([A-Za-z]+)$", re.IGNORECASE)
+_TESS_NAME = re.compile(r"^(OAF?|YAF?)_(.+)_([A-Za-z]+)$", re.IGNORECASE)
 
 
 def load_tess(root: str | Path, *, progress: bool = False) -> pd.DataFrame:
     """TESS: files named `<OAF|YAF>_<word>_<emotion>.wav` in any sub-folder (`ps` is pleasant surprise).
 
-    Both speakers are women; the text is the carrier phrase "Say the word <word>". Folds: one per speaker."""
+    Both speakers are women; the text is the carrier phrase "Say the word <word>". Folds: one per speaker.
+    Names are read in any case and ids are written in one (`tess/YAF_dog_angry` for `yaf_dog_Angry.wav`), so
+    copies that differ only in case count once; the release's one misnamed file, `OAF_neutral/OA_bite_neutral.wav`,
+    is read as OAF's (a prefix `OA`/`YA` is taken for `OAF`/`YAF`, and said in a note)."""
     root = _check_root(root, "TESS")
     notes: list[str] = []
     by_name: dict[str, list[Path]] = {}
-    unmatched = []
-    labels: dict[str, tuple[str, str]] = {}
+    unmatched, misnamed = [], []
+    found: dict[str, tuple[str, str, str, str]] = {}  # id name -> (speaker, word, original, label)
     for path in _audio_files(root):
         match = _TESS_NAME.match(path.stem)
         mapped = corpus_label("tess", match.group(3)) if match else None
         if mapped is None:
             unmatched.append(path)
             continue
-        by_name.setdefault(path.stem, []).append(path)
-        labels[path.stem] = mapped
+        speaker = match.group(1).upper()
+        if len(speaker) == 2:
+            speaker += "F"
+            misnamed.append(path)
+        word = match.group(2).lower()
+        name = f"{speaker}_{word}_{mapped[0]}"
+        by_name.setdefault(name, []).append(path)
+        found[name] = (speaker, word, *mapped)
     expected = "OAF_back_angry.wav (OAF|YAF, a word, angry|disgust|fear|happy|neutral|ps|sad)"
     if not by_name:
         raise _nothing_found(
             root, f"no TESS files: expected .wav files named like {expected} in any sub-folder"
         )
     _unmatched_note(unmatched, root, expected, notes)
+    if misnamed:
+        shown = ", ".join(_shown(p, root) for p in misnamed[:3]) + (", ..." if len(misnamed) > 3 else "")
+        notes.append(f"{len(misnamed)} file(s) named OA_/YA_ read as OAF/YAF's: {shown}")
     rows = []
     for name, path in _one_file_per_name(by_name, root, notes).items():
-        match = _TESS_NAME.match(name)
-        original, label = labels[name]
+        speaker, word, original, label = found[name]
         rows.append(
             {
                 "id": f"tess/{name}",
-                "speaker": match.group(1).upper(),
+                "speaker": speaker,
                 "gender": "F",
-                "text": f"Say the word {match.group(2)}",
+                "text": f"Say the word {word}",
                 "label": label,
                 "label_original": original,
                 "audio": str(path),
