@@ -59,6 +59,7 @@ def test_label_studio_export(review_run, tmp_path, melt_cli):
     assert result.code == 0, result.stderr
     assert "exported 6 of 8 utterances" in result.stdout
     assert "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=" in result.stdout
+    assert "with the absolute local path" in " ".join(result.stdout.split())
     tasks = json.loads((out / "tasks.json").read_text())
     assert [t["data"]["utterance_id"] for t in tasks] == [uid for uid, _ in EXPECTED_DOUBT]
     manifest = json.loads((out / "export.json").read_text())
@@ -70,6 +71,10 @@ def test_label_studio_export(review_run, tmp_path, melt_cli):
         # the URL Label Studio serves: /data/local-files/?d=<path relative to the document root>
         assert data["audio"].startswith("/data/local-files/?d=")
         assert (root / unquote(data["audio"].split("?d=", 1)[1])).resolve() == audio.resolve()
+        # Label Studio serves a file only through a Local files storage holding it, and refuses a storage equal
+        # to its document root (checked on Label Studio 1.23): no file may lie directly in the root
+        assert audio.parent.resolve() != root.resolve()
+        assert audio.resolve().is_relative_to(Path(manifest["audio_folder"]).resolve())
         assert data["reasons"] and data["header"].startswith(data["speaker"])
     by_id = {t["data"]["utterance_id"]: t for t in tasks}
     changed = by_id["train/dia0_utt2"]["predictions"]
@@ -175,6 +180,10 @@ def test_audio_root_and_prefix(review_run, tmp_path, melt_cli):
     )
     assert result.code == 2 and "is not inside --audio-root" in result.stderr
     assert "Traceback" not in result.stderr
+    # a document root holding the audio directly cannot serve local files: said, not silently exported
+    result = melt_cli("review", "export", review_run.run_dir, "--out", out, "--audio-root", root / "wav")
+    assert result.code == 0, result.stderr
+    assert "refuses a Local files storage equal to its document root" in " ".join(result.stdout.split())
 
 
 def test_export_errors(review_run, tmp_path, melt_cli):

@@ -63,7 +63,8 @@ def review_export(
         None,
         "--audio-root",
         help="Folder audio URLs are relative to; for Label Studio the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
-        "(default: the audio files' common folder).",
+        "(default: the folder above the audio files' common folder; for Argilla and --audio-prefix, that "
+        "common folder).",
     ),
     audio_prefix: str | None = typer.Option(
         None,
@@ -123,9 +124,15 @@ def review_export(
         if settings.format == "labelstudio" and settings.prefix().startswith("/data/local-files"):
             _console.print(
                 "Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
-                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root} and add a Local Files source storage "
-                "for the audio folder (no sync); see docs/review.md"
+                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root} and add a Local files source storage "
+                f"with the absolute local path {result.audio_folder} (no sync); see docs/review.md"
             )
+            if result.storage_is_document_root:
+                _console.print(
+                    f"[yellow]the audio lies directly in --audio-root {result.audio_root}: Label Studio refuses a "
+                    "Local files storage equal to its document root, so it cannot serve these URLs; pass the "
+                    "folder above as --audio-root[/]"
+                )
         elif settings.format == "argilla" and settings.audio_prefix is None:
             _console.print(
                 f"Argilla: serve the audio with `python3 -m http.server 8081 --directory {result.audio_root}`; "
