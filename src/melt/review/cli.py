@@ -163,8 +163,8 @@ def review_import(
 ) -> None:
     """Import reviewers' labels: one row per utterance and reviewer, and the merged decision per utterance.
 
-    Merge rule: the label most reviewers chose; a tie is left undecided (decision = tie). Skipped (Label Studio)
-    and discarded (Argilla) reviews are counted, not voted. `melt compare DECISIONS` compares the decisions
+    Merge rule: a Label Studio ground-truth annotation decides; else the label most reviewers chose; a tie is left
+    undecided (decision = tie). Skipped (Label Studio) and discarded (Argilla) reviews are counted, not voted. `melt compare DECISIONS` compares the decisions
     (column label) with the LLM's labels (llm_label); --candidate human_label with the human ones.
     """
     from melt.corpus.labels import MELT_LABEL_SET, LabelSet
@@ -187,6 +187,13 @@ def review_import(
         + (f", {result.drafts} drafts not counted" if result.drafts else "")
         + ")"
     )
+    if result.without_status:
+        _console.print(
+            f"[yellow]{result.without_status} Argilla responses carry no status (records.json of to_disk or "
+            "records.to_json drops it): drafts and discarded answers cannot be told from submitted ones there and "
+            "were counted as submitted; export with dataset.records.to_list(flatten=True) to keep them apart "
+            "(docs/review.md)[/]"
+        )
     table = Table(title="Decisions")
     table.add_column("decision")
     table.add_column("utterances", justify="right")
