@@ -323,3 +323,29 @@ def test_allowed_codes_and_start_errors(pairs_file, tmp_path, melt_cli):
     result = melt_cli("preference", "serve", tmp_path / "stale.parquet", "--db", tmp_path / "z.sqlite")
     assert result.code == 2 and "changed since the pairs table was made" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_report_of_a_single_participant_is_strict_json(pairs_file, tmp_path, melt_cli):
+    """With one participant no item has two answers: κ is undefined, which summary.json must write as null
+    (NaN is not JSON; strict readers such as JavaScript's JSON.parse refuse it)."""
+    from melt.review.results import PreferenceStore
+
+    pairs = read_pairs(pairs_file)
+    store = PreferenceStore(tmp_path / "one.sqlite")
+    store.bind(pairs, pairs_file, allow_neither=True)
+    store.enrol("solo", pairs)
+    while (item := store.next_assignment("solo")) is not None:
+        assert store.answer("solo", item.position, "a" if item.position % 2 else "b")
+    store.close()
+    out = tmp_path / "report"
+    result = melt_cli("preference", "report", tmp_path / "one.sqlite", "--out", out)
+    assert result.code == 0, result.stderr
+    assert "κ undefined" in result.stdout
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["agreement"]["fleiss_kappa"] is None
+    assert summary["agreement"]["items_with_two_or_more_answers"] == 0
+    assert "nan" not in (out / "report.md").read_text().lower()

@@ -321,9 +321,10 @@ def preference_report(
             row.group, str(row.answers), str(row.a), str(row.b), str(row.neither), share, interval, p_value
         )
     _console.print(table)
-    kappa = report.agreement["fleiss_kappa"]
+    kappa, median = report.agreement["fleiss_kappa"], report.time["median_seconds"]
     _console.print(
-        f"Fleiss' κ {kappa:.3f} over {report.agreement['items_with_two_or_more_answers']} items; "
-        f"median {report.time['median_seconds']:.1f} s per item"
+        f"Fleiss' κ {'undefined' if kappa != kappa else f'{kappa:.3f}'} over "
+        f"{report.agreement['items_with_two_or_more_answers']} items answered twice or more; "
+        f"median {'undefined' if median != median else f'{median:.1f}'} s per item"
     )
     _console.print(f"report: {(out / 'report.html').resolve()}")
