@@ -231,7 +231,7 @@ def preference_pairs(
     ),
 ) -> None:
     """Build the items of the blind A/B test, with a balanced, seeded A/B order per item and participant."""
-    from melt.review.pairs import PairsSettings, write_pairs
+    from melt.review.pairs import PairsSettings, identical_items, write_pairs
     from melt.review.settings import load_settings
 
     settings = load_settings(
@@ -252,6 +252,12 @@ def preference_pairs(
         f"{len(pairs)} items (A = {settings.a}, B = {settings.b}) written to {out}; per group: "
         + ", ".join(f"{g} {n}" for g, n in counts.items())
     )
+    same = identical_items(pairs)
+    if same:
+        _console.print(
+            f"[yellow]{same} items show the same description twice: a participant can only guess there, which "
+            "pulls every share of A towards 50 %; --only-different leaves them out[/]"
+        )
 
 
 @preference_app.command("serve")
