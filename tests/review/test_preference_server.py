@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from melt.review.pairs import read_pairs
+from timing import scaled
 
 from .conftest import PreferenceServer, free_port
 
@@ -26,7 +27,7 @@ class Client:
         self.cookie: str | None = None
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=scaled(60))
         headers = dict(headers or {})
         if self.cookie:
             headers.setdefault("Cookie", self.cookie)
