@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import unquote
@@ -267,3 +268,21 @@ def test_published_melt_labels_as_a_run(shared_data, tmp_path, melt_cli):
     assert all(t["data"]["llm_label"] != t["data"]["human_label"] for t in tasks)
     # off-set labels (frustration, comfort) are in the test file only; train labels are all in the set
     assert all(len(t["predictions"]) == 2 for t in tasks)
+
+
+def test_label_studio_storages_for_an_audio_root(tmp_path):
+    """Label Studio serves a file only through a Local files storage holding it and refuses a storage equal to
+    its document root: the storages to add, for each way the audio can lie under the root."""
+    from melt.review.export import ExportResult
+
+    def storages(root: Path, paths: list[str]) -> list[Path]:
+        selected = pd.DataFrame({"audio_path": [str(root / p) for p in paths], "audio_sha256": "x" * 64})
+        folder = Path(os.path.commonpath([str((root / p).parent) for p in paths]))
+        return ExportResult(tmp_path, selected, len(paths), root, folder).label_studio_storages()
+
+    root = tmp_path / "data"
+    assert storages(root, ["audio/a.wav", "audio/b.wav"]) == [root / "audio"]
+    # the audio in two sub-folders of the root: one storage each, never the root itself
+    assert storages(root, ["train/a.wav", "dev/b.wav", "dev/c/d.wav"]) == [root / "dev", root / "train"]
+    # a file directly in the root cannot be served at all
+    assert storages(root, ["a.wav", "train/b.wav"]) == []

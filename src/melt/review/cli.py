@@ -122,14 +122,21 @@ def review_export(
         _console.print(f"[yellow]{result.missing_audio} exported utterances have no readable audio file[/]")
     if result.audio_root is not None:
         if settings.format == "labelstudio" and settings.prefix().startswith("/data/local-files"):
+            storages = result.label_studio_storages()
             _console.print(
                 "Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
-                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root} and add a Local files source storage "
-                f"with the absolute local path {result.audio_folder} (no sync); see docs/review.md"
+                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root}"
+                + (
+                    " and add a Local files source storage (no sync) with the absolute local path "
+                    + " (one storage each), ".join(str(p) for p in storages)
+                    if storages
+                    else ""
+                )
+                + "; see docs/review.md"
             )
-            if result.storage_is_document_root:
+            if not storages:
                 _console.print(
-                    f"[yellow]the audio lies directly in --audio-root {result.audio_root}: Label Studio refuses a "
+                    f"[yellow]audio lies directly in --audio-root {result.audio_root}: Label Studio refuses a "
                     "Local files storage equal to its document root, so it cannot serve these URLs; pass the "
                     "folder above as --audio-root[/]"
                 )

@@ -76,11 +76,21 @@ class ExportResult:
     audio_folder: Path | None = None
     files: list[Path] = field(default_factory=list)
 
-    @property
-    def storage_is_document_root(self) -> bool:
-        """Label Studio refuses a Local files storage equal to its document root, and the storage must hold
-        the files: with the audio directly in the root, its local-files URLs cannot be served."""
-        return self.audio_root is not None and self.audio_root == self.audio_folder
+    def label_studio_storages(self) -> list[Path]:
+        """The Local files storages Label Studio needs to serve the audio: the common folder, or, when that is
+        the document root itself (which Label Studio refuses as a storage), each sub-folder of the root that
+        holds audio. Empty when some audio lies directly in the root: Label Studio cannot serve it."""
+        if self.audio_root is None or self.audio_folder is None:
+            return []
+        if self.audio_folder != self.audio_root:
+            return [self.audio_folder]
+        paths = [
+            Path(p) for p, h in zip(self.selected["audio_path"], self.selected["audio_sha256"], strict=True)
+        ]
+        paths = [p for p, h in zip(paths, self.selected["audio_sha256"], strict=True) if pd.notna(h)]
+        if any(p.parent == self.audio_root for p in paths):
+            return []
+        return sorted({self.audio_root / p.relative_to(self.audio_root).parts[0] for p in paths})
 
     @property
     def missing_audio(self) -> int:
@@ -487,6 +497,9 @@ def _write_manifest(
         "settings": settings.model_dump(mode="json"),
         "audio_root": str(result.audio_root) if result.audio_root else None,
         "audio_folder": str(result.audio_folder) if result.audio_folder else None,
+        "label_studio_storages": [str(p) for p in result.label_studio_storages()]
+        if settings.format == "labelstudio"
+        else None,
         "audio_prefix": settings.prefix(),
         "label_set": list(run.labels.labels),
         "utterances_in_run": result.total,
