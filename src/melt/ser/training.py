@@ -261,3 +261,24 @@ def validation_split(
     unknown = int(names.isna().sum())
     kept = f" ({unknown} rows without a speaker kept in training)" if unknown else ""
     return mask, f"speakers {', '.join(sorted(chosen))}{kept}"
+
+
+def held_out_rows(
+    rows: pd.DataFrame, settings: TrainSettings, validation_speakers: list[str] | None, *, source: object
+) -> tuple[np.ndarray, str]:
+    """The validation mask of `rows` and its rule: the given speakers, or `validation_split`'s seeded choice."""
+    speakers = rows["speaker"] if "speaker" in rows.columns else None
+    if validation_speakers is not None and speakers is not None:
+        is_validation = speakers.astype("string").isin(validation_speakers).fillna(False).to_numpy()
+        rule = f"speakers {', '.join(sorted(validation_speakers))} (given)"
+    else:
+        is_validation, rule = validation_split(
+            None if speakers is None else speakers.tolist(),
+            fraction=settings.validation_fraction,
+            seed=settings.seed,
+        )
+    if is_validation.all():
+        raise MeltError(
+            "the validation speakers hold every training row; nothing left to train on", file=source
+        )
+    return is_validation, rule
