@@ -26,6 +26,7 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -109,8 +110,9 @@ def check_base_url(url: str) -> URL:
 
 
 @dataclass(frozen=True)
-class _Response:
-    """A finished HTTP response: status, headers and the whole (decompressed) body."""
+class HTTPResponse:
+    """A finished HTTP response: status, headers and the whole (decompressed) body (empty when the body was
+    written to a file)."""
 
     status_code: int
     headers: Mapping[str, str]
@@ -160,7 +162,7 @@ class OpenAIBackend:
         #: the base URL without credentials, as errors, run.json and the store name it
         self.base_url = safe_url(str(parsed))
         self.model = model
-        self._api_key_env = api_key_env
+        self.api_key_env = api_key_env
         self._timeout = timeout
         self._max_connections = max(1, max_connections)
         # A key in the query (some gateways take one there) is a secret like the others.
@@ -236,8 +238,8 @@ class OpenAIBackend:
             return self.family
         if response.status_code in (401, 403):
             raise BackendError(
-                f"{self.base_url} refused the API key (HTTP {response.status_code}); check ${self._api_key_env}: "
-                f"{self._error_text(response)}"
+                f"{self.base_url} refused the API key (HTTP {response.status_code}); check ${self.api_key_env}: "
+                f"{self.error_text(response)}"
             )
         family = "unknown"
         if response.status_code == 200:
@@ -309,14 +311,10 @@ class OpenAIBackend:
                 return self._reply(response)
             if status in (401, 403, 404, 429):
                 self._raise_for(response)
-            message = self._error_text(response)
+            message = self.error_text(response)
             lowered = message.lower()
             if status >= 400:
-                if "logprobs" in lowered and "logprobs" in body:
-                    self._send_logprobs = False
-                    continue
-                if "max_completion_tokens" in lowered and self._max_tokens_field == "max_tokens":
-                    self._max_tokens_field = "max_completion_tokens"
+                if self.adapt_to_refusal(message, body):
                     continue
                 if request.response_format is not None and any(w in lowered for w in _FORMAT_WORDS):
                     if request.response_format.get("type") == "json_schema" and self._next_schema_form(
@@ -331,6 +329,22 @@ class OpenAIBackend:
             self._raise_for(response)
         raise BackendError(f"{self.base_url} keeps refusing the request's parameters")
 
+    def encoded_body(self, request: ChatRequest) -> bytes:
+        """The bytes `complete` would POST for `request` now (what a Batch API line carries as its body)."""
+        return _dumps(self.body(request))
+
+    def adapt_to_refusal(self, message: str, body: Mapping[str, Any]) -> bool:
+        """Learn from a server refusing one of a request's parameters (its error `message`): True when the
+        request can go again without it (logprobs left out, max_tokens sent by its newer name)."""
+        lowered = message.lower()
+        if "logprobs" in lowered and "logprobs" in body and self._send_logprobs:
+            self._send_logprobs = False
+            return True
+        if "max_completion_tokens" in lowered and self._max_tokens_field == "max_tokens":
+            self._max_tokens_field = "max_completion_tokens"
+            return True
+        return False
+
     def _next_schema_form(self, rejected: str) -> bool:
         """Move to the next form of JSON schema this server may take; False when there is none left."""
         if self._schema_form != rejected:
@@ -341,11 +355,11 @@ class OpenAIBackend:
         self._schema_form = self._schema_forms[position + 1]
         return True
 
-    def _raise_for(self, response: _Response) -> None:
+    def _raise_for(self, response: HTTPResponse) -> None:
         status = response.status_code
         limits = _rate_limits(response.headers)
         if status == 429:
-            message = self._error_text(response)
+            message = self.error_text(response)
             if "insufficient_quota" in response.text or "exceeded your current quota" in message:
                 raise BackendError(f"the account is out of quota (HTTP 429): {message}")
             raise RetryableError(
@@ -356,30 +370,77 @@ class OpenAIBackend:
             )
         if status >= 500 or status in _RETRYABLE_STATUSES:
             raise RetryableError(
-                f"HTTP {status}: {self._error_text(response)}",
+                f"HTTP {status}: {self.error_text(response)}",
                 retry_after=_retry_after(response.headers),
                 rate_limits=limits,
             )
         if status in (401, 403):
             raise BackendError(
-                f"the server refused the API key (HTTP {status}); check ${self._api_key_env}: "
-                f"{self._error_text(response)}"
+                f"the server refused the API key (HTTP {status}); check ${self.api_key_env}: "
+                f"{self.error_text(response)}"
             )
         if status == 404:
             raise BackendError(
                 f"{self.base_url}/chat/completions or model {self.model!r} not found "
-                f"(HTTP 404; does --base-url end with /v1?): {self._error_text(response)}"
+                f"(HTTP 404; does --base-url end with /v1?): {self.error_text(response)}"
             )
         if status in (400, 422):
-            raise BackendError(
-                f"the server refused the request (HTTP {status}): {self._error_text(response)}"
-            )
-        raise BackendError(f"unexpected HTTP {status} from {self.base_url}: {self._error_text(response)}")
+            raise BackendError(f"the server refused the request (HTTP {status}): {self.error_text(response)}")
+        raise BackendError(f"unexpected HTTP {status} from {self.base_url}: {self.error_text(response)}")
 
-    async def _post(self, content: bytes) -> _Response:
+    async def _post(self, content: bytes) -> HTTPResponse:
         return await self._request("POST", self._url, content)
 
-    async def _request(self, method: str, url: URL, content: bytes | None = None) -> _Response:
+    async def call(
+        self,
+        method: str,
+        name: str,
+        *,
+        json_body: Any = None,
+        form: aiohttp.FormData | None = None,
+        query: Mapping[str, str] | None = None,
+        into: Path | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+        transfer: bool = False,
+    ) -> HTTPResponse:
+        """`method {base_url}/{name}`: the API's other endpoints (files, batches), with the credentials, proxy,
+        body caps and failure classes of chat requests. `into`: the body goes to this file (at most
+        `max_bytes`) instead of memory. `transfer`: a file upload or download, which may take longer than
+        --timeout as a whole; it times out only after --timeout of silence."""
+        url = self._endpoint(name)
+        if query:
+            url = url.update_query(query)
+        headers = dict(self._headers)
+        content: Any = None
+        if form is not None:
+            del headers["Content-Type"]  # aiohttp sets multipart/form-data with its boundary
+            content = form
+        elif json_body is not None:
+            content = _dumps(json_body)
+        if into is not None:
+            headers["Accept-Encoding"] = "identity"  # written as it comes, never inflated on disk
+        timeout = None
+        if transfer:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(self._timeout, 10.0), sock_read=self._timeout
+            )
+        response = await self._request(
+            method, url, content, headers=headers, timeout=timeout, into=into, max_bytes=max_bytes
+        )
+        self._reached = True
+        return response
+
+    async def _request(
+        self,
+        method: str,
+        url: URL,
+        content: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+        into: Path | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> HTTPResponse:
         session = self._session_of_this_loop()
         try:
             # No redirects: a POST that a server redirects is a misconfigured --base-url, reported as such.
@@ -387,18 +448,24 @@ class OpenAIBackend:
                 method,
                 url,
                 data=content,
-                headers=self._headers,
+                headers=self._headers if headers is None else headers,
                 proxy=self._proxy,
                 proxy_headers=self._proxy_headers,
-                timeout=self._timeouts,
+                timeout=self._timeouts if timeout is None else timeout,
                 allow_redirects=False,
             ) as response:
+                if into is not None and response.status == 200:
+                    await _write_body(response, into, max_bytes)
+                    return HTTPResponse(response.status, response.headers, b"")
                 body = await _read_body(response)
-                return _Response(response.status, response.headers, body)
+                return HTTPResponse(response.status, response.headers, body)
         except TimeoutError as exc:  # aiohttp's timeouts are also ClientErrors: this test comes first
-            raise RetryableError(
-                f"timeout: no whole reply within {self._timeout:g} s", timed_out=True
-            ) from exc
+            what = (
+                f"nothing received for {self._timeout:g} s"
+                if timeout
+                else f"no whole reply within {self._timeout:g} s"
+            )
+            raise RetryableError(f"timeout: {what}", timed_out=True) from exc
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise BackendError(f"cannot connect to {self.base_url} securely: {_reason(exc)}") from exc
         except aiohttp.InvalidURL as exc:
@@ -425,7 +492,7 @@ class OpenAIBackend:
             self._session_loop = loop
         return self._session
 
-    def _reply(self, response: _Response) -> ChatReply:
+    def _reply(self, response: HTTPResponse) -> ChatReply:
         received = response.text
         text = self.scrub_exact(received)
         try:
@@ -446,7 +513,7 @@ class OpenAIBackend:
             rate_limits=_rate_limits(response.headers),
         )
 
-    def _error_text(self, response: _Response) -> str:
+    def error_text(self, response: HTTPResponse) -> str:
         try:
             error = json.loads(response.content).get("error")
             text = error.get("message") if isinstance(error, dict) else str(error or response.text)
@@ -559,6 +626,24 @@ async def _read_body(response: aiohttp.ClientResponse) -> bytes:
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise RequestFailed(f"the reply uses Content-Encoding {encoding!r}, which was not asked for")
     return _inflate(body, encoding)
+
+
+async def _write_body(response: aiohttp.ClientResponse, path: Path, max_bytes: int) -> int:
+    """Write the body to `path` as it arrives, refusing more than `max_bytes`; its size."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RequestFailed(f"the reply uses Content-Encoding {encoding!r}, which was not asked for")
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise RequestFailed(f"reply body larger than {max_bytes} bytes ({declared} bytes announced)")
+    size = 0
+    with open(path, "wb") as sink:
+        async for chunk in response.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestFailed(f"reply body larger than {max_bytes} bytes")
+            sink.write(chunk)
+    return size
 
 
 def _inflate(body: bytes, encoding: str) -> bytes:
