@@ -23,10 +23,11 @@ request's fate in a batch:
 Server-wide `faults` (a set) break the files: "duplicate-lines" (every output line twice), "unknown-line" (an
 output line with a custom_id nobody sent), "malformed-body" (one output line whose body is not a chat
 completion), "broken-line" (one output line that is not JSON), "stuck-finalizing" (batches never leave
-`finalizing`); `download_failures` makes the first N content downloads fail with HTTP 500.
+`finalizing`), "refuse-create" (creating a batch: HTTP 400); `download_failures` makes the first N content downloads fail with HTTP 500.
 
 Tests stop a client at a named point with `hold(point)`: the server blocks there until `release(point)`, and
-`reached(point)` tells when it got there. Points: "upload" (the file is stored, the reply withheld), "create"
+`reached(point)` tells when it got there. Points: "uploading" (a file arrived, not stored yet), "upload" (the
+file is stored, the reply withheld), "create"
 (the request arrived, nothing created yet), "created" (the batch exists, the reply withheld), "retrieve"
 (a status request arrived), "download" (half a result file sent). `calls` logs every Batch API request.
 """
@@ -51,7 +52,7 @@ from openai_server import _MARKER, FakeOpenAIServer, _Handler, _target_line, req
 ENDPOINT = "/v1/chat/completions"
 _BATCH_PATH = re.compile(r"^/v1/batches/(?P<id>[^/]+)(?P<cancel>/cancel)?$")
 _FILE_PATH = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<content>/content)?$")
-POINTS = ("upload", "create", "created", "retrieve", "download")
+POINTS = ("uploading", "upload", "create", "created", "retrieve", "download")
 
 
 @dataclass
@@ -217,6 +218,7 @@ class FakeBatchServer(FakeOpenAIServer):
             fields[name] = (part.get_filename(), part.get_payload(decode=True))
         if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"batch":
             raise _Refused(400, "a file and purpose=batch are required")
+        self._pause("uploading")
         with self._lock:
             self._order += 1
             stored = StoredFile(f"file-{uuid.uuid4().hex[:24]}", fields["file"][0] or "upload.jsonl", "batch",
@@ -258,6 +260,8 @@ class FakeBatchServer(FakeOpenAIServer):
 
     def _create(self, handler: _Handler, body: bytes, call: dict[str, Any]) -> None:
         self._pause("create")
+        if "refuse-create" in self.faults:
+            raise _Refused(400, "Batch creation is not available for this organization.")
         request = json.loads(body or b"{}")
         stored = self.files.get(request.get("input_file_id"))
         if stored is None:

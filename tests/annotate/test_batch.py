@@ -351,3 +351,17 @@ def test_batch_needs_a_server(tmp_path, monkeypatch):
     with pytest.raises(MeltError, match="--batch needs an OpenAI-compatible server"):
         annotate(corpus_table(PLAIN[:1]), AnnotateConfig(batch=True), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_batch_creation_stops_the_run_and_frees_its_requests(tmp_path):
+    table = corpus_table(PLAIN[:3])
+    with FakeBatchServer(faults={"refuse-create"}) as server:
+        with pytest.raises(MeltError, match=r"creating a batch: the server refused it \(HTTP 400"):
+            annotate(table, batch_config(server), tmp_path / "run")
+        assert set(pd.read_parquet(tmp_path / "run" / "annotations.parquet")["status"]) == {"pending"}
+        [record] = run_json(tmp_path / "run")["batch"]["batches"]
+        assert record["state"] == "abandoned" and "HTTP 400" in record["errors"]
+        server.faults.clear()
+        result = annotate(table, batch_config(server, batch_wait=True), tmp_path / "run")
+        assert result.complete and len(server.created_batches()) == 1
+        assert answered_twice(server) == []

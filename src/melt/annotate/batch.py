@@ -44,7 +44,7 @@ from melt.annotate.engine import Annotator, Outgoing, implausible_usage
 from melt.annotate.store import RequestStore
 from melt.errors import MeltError
 from melt.llm.base import BackendError, ChatReply, ChatRequest, RequestFailed, RetryableError
-from melt.llm.batch_api import CHAT_ENDPOINT, LIVE, TERMINAL, BatchAPI
+from melt.llm.batch_api import CHAT_ENDPOINT, LIVE, TERMINAL, BatchAPI, Refused
 from melt.llm.openai import MalformedReply, OpenAIBackend, parse_completion, parse_usage
 from melt.llm.pricing import Price
 
@@ -324,6 +324,10 @@ class BatchSession:
         for attempt in range(1, self.config.max_retries + 2):
             try:
                 batch = await self.api.create(file_id, metadata)
+            except Refused as exc:
+                # Nothing was created: its requests are free for another batch (a rerun takes them again).
+                self._abandon(record, str(exc))
+                raise
             except RetryableError as exc:
                 if attempt > self.config.max_retries:
                     raise BackendError(
@@ -404,7 +408,8 @@ class BatchSession:
             finally:
                 with contextlib.suppress(OSError):
                     path.unlink()
-        why_missing = _why_missing(status, batch)
+        state, reason = _why_missing(status, batch)
+        why_missing = (state, self.backend.scrub(reason))
         statements = []
         tally: Counter[str] = Counter()
         with self.store.atomic():
@@ -418,6 +423,7 @@ class BatchSession:
                 tally[result.state] += 1
                 self._store_result(key, utterance_id, sample, turn, request_json, result, record.created)
             errors = _batch_errors(batch)
+            errors = self.backend.scrub(errors) if errors else None
             notes = [f"{n} {problem}" for problem, n in sorted(problems.items())]
             if notes:
                 self.report.notes.append(f"batch {record.batch_id}: " + "; ".join(notes))
@@ -463,6 +469,8 @@ class BatchSession:
             problems["lines with a custom_id not in the batch"] += 1
             return
         result = _result_of(item)
+        if result.reason is not None:
+            result.reason = self.backend.scrub(result.reason)
         earlier = results.get(key)
         if earlier is not None:
             problems["repeated custom_ids (the first answer kept)"] += 1
@@ -730,11 +738,11 @@ async def annotate_in_batches(
     are still written."""
     config = session.config
     await session.settle(create=config.batch)
+    if session.live_records():
+        await session.refresh()
     outcomes = None
     while True:
         try:
-            if outcomes is not None or session.live_records():
-                await session.refresh()
             dispatcher = BatchDispatcher(
                 session, batch=config.batch, repair=config.batch_repair, price=session.price
             )
@@ -747,9 +755,7 @@ async def annotate_in_batches(
                 break
             if dispatcher.taken:
                 await session.submit(list(dispatcher.taken.values()), annotator)
-            if not config.batch_wait or not session.live_records():
-                break
-            if not await session.wait(annotator):
+            if not config.batch_wait or not session.live_records() or not await session.wait(annotator):
                 break
         except (MeltError, OSError) as exc:
             if outcomes is None:

@@ -2,8 +2,9 @@
 
 `POST /files` (multipart, purpose `batch`), `GET /files` (listed newest first), `GET /files/{id}/content`;
 `POST /batches`, `GET /batches/{id}`, `POST /batches/{id}/cancel`, `GET /batches` (newest first, paginated).
-The calls go through the backend's client, so they carry its credentials, proxy, caps and scrubbing: the key
-never reaches a reply, an error or a file. What to do with batches (when to create, adopt, collect) is the
+The calls go through the backend's client (this module is its companion, and uses its private parts: its
+error texts and response type), so they carry its credentials, proxy, caps and scrubbing: the key never reaches
+a reply, an error or a file. What to do with batches (when to create, adopt, collect) is the
 annotation run's business (`melt.annotate.batch`); this module only speaks the protocol.
 
 Every call but `create` is retried on 429, 5xx, timeouts and dropped connections: reading or cancelling twice
@@ -24,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from melt.llm.base import BackendError, RequestFailed, RetryableError
-from melt.llm.openai import HTTPResponse, OpenAIBackend, _retry_after
+from melt.llm.openai import OpenAIBackend, _Response, _retry_after
 
 #: The endpoint every line of a batch file is sent to, and the only completion window OpenAI offers.
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -57,7 +58,7 @@ class BatchAPI:
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
         """Upload the JSONL file at `path` as `filename`, purpose `batch`; the file object."""
 
-        async def send() -> HTTPResponse:
+        async def send() -> _Response:
             form = aiohttp.FormData()
             form.add_field("purpose", "batch")
             with open(path, "rb") as handle:
@@ -89,7 +90,7 @@ class BatchAPI:
         """The content of file `file_id`, written to `into` (at most `max_bytes`)."""
         what = f"downloading file {file_id}"
 
-        async def fetch() -> HTTPResponse:
+        async def fetch() -> _Response:
             return await self.backend.call(
                 "GET", f"files/{file_id}/content", into=into, max_bytes=max_bytes, transfer=True
             )
@@ -119,7 +120,7 @@ class BatchAPI:
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         what = f"cancelling batch {batch_id}"
 
-        async def send() -> HTTPResponse:
+        async def send() -> _Response:
             return await self.backend.call("POST", f"batches/{batch_id}/cancel")
 
         return _batch(self._checked(await self._retried(send, what), what))
@@ -144,12 +145,12 @@ class BatchAPI:
     # -- transport ---------------------------------------------------------------------------------------------
 
     async def _get(self, name: str, what: str, query: Mapping[str, str] | None = None) -> dict[str, Any]:
-        async def fetch() -> HTTPResponse:
+        async def fetch() -> _Response:
             return await self.backend.call("GET", name, query=query)
 
         return _object(self._checked(await self._retried(fetch, what), what))
 
-    async def _retried(self, attempt: Any, what: str) -> HTTPResponse:
+    async def _retried(self, attempt: Any, what: str) -> _Response:
         """`attempt()`, again after 429s, 5xx, timeouts and dropped connections, with backoff."""
         for attempts in range(1, self.max_retries + 2):
             try:
@@ -161,7 +162,7 @@ class BatchAPI:
                 status = response.status_code
                 if status != 429 and status < 500 and status not in (408, 409, 425):
                     return response
-                failure = f"HTTP {status}: {self.backend.error_text(response)}"
+                failure = f"HTTP {status}: {self.backend._error_text(response)}"
                 wait = _retry_after(response.headers)
             if attempts > self.max_retries:
                 raise BackendError(f"{what} failed after {attempts} attempts: {failure}")
@@ -175,7 +176,7 @@ class BatchAPI:
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _checked(self, response: HTTPResponse, what: str, *, body_expected: bool = True) -> Any:
+    def _checked(self, response: _Response, what: str, *, body_expected: bool = True) -> Any:
         """The JSON of a 200 reply; a `BackendError` naming what failed otherwise (429 and 5xx included: by
         now they were retried, or the call must not be)."""
         status = response.status_code
@@ -186,14 +187,14 @@ class BatchAPI:
                 return json.loads(self.backend.scrub_exact(response.text))
             except ValueError as exc:
                 raise BackendError(f"{what}: the server's reply is not JSON") from exc
-        message = self.backend.error_text(response)
+        message = self.backend._error_text(response)
         if status in (401, 403):
-            raise BackendError(
-                f"{what}: the server refused the API key (HTTP {status}); check ${self.backend.api_key_env}: "
+            raise Refused(
+                f"{what}: the server refused the API key (HTTP {status}); check ${self.backend._api_key_env}: "
                 f"{message}"
             )
         if status == 404:
-            raise BackendError(
+            raise Refused(
                 f"{what}: not found at {self.backend.base_url} (HTTP 404; a server without OpenAI's Batch API, "
                 f"or another account's batch?): {message}"
             )
@@ -201,7 +202,12 @@ class BatchAPI:
             raise RetryableError(
                 f"{what}: HTTP {status}: {message}", retry_after=_retry_after(response.headers)
             )
-        raise BackendError(f"{what}: the server refused it (HTTP {status}): {message}")
+        raise Refused(f"{what}: the server refused it (HTTP {status}): {message}")
+
+
+class Refused(BackendError):
+    """The server refused a call (a 4xx other than a rate limit): it had no effect, and repeating it as it is
+    will not help."""
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -222,4 +228,4 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-__all__ = ["CHAT_ENDPOINT", "COMPLETION_WINDOW", "LIVE", "TERMINAL", "BatchAPI"]
+__all__ = ["CHAT_ENDPOINT", "COMPLETION_WINDOW", "LIVE", "TERMINAL", "BatchAPI", "Refused"]

@@ -110,7 +110,7 @@ def check_base_url(url: str) -> URL:
 
 
 @dataclass(frozen=True)
-class HTTPResponse:
+class _Response:
     """A finished HTTP response: status, headers and the whole (decompressed) body (empty when the body was
     written to a file)."""
 
@@ -162,7 +162,7 @@ class OpenAIBackend:
         #: the base URL without credentials, as errors, run.json and the store name it
         self.base_url = safe_url(str(parsed))
         self.model = model
-        self.api_key_env = api_key_env
+        self._api_key_env = api_key_env
         self._timeout = timeout
         self._max_connections = max(1, max_connections)
         # A key in the query (some gateways take one there) is a secret like the others.
@@ -238,8 +238,8 @@ class OpenAIBackend:
             return self.family
         if response.status_code in (401, 403):
             raise BackendError(
-                f"{self.base_url} refused the API key (HTTP {response.status_code}); check ${self.api_key_env}: "
-                f"{self.error_text(response)}"
+                f"{self.base_url} refused the API key (HTTP {response.status_code}); check ${self._api_key_env}: "
+                f"{self._error_text(response)}"
             )
         family = "unknown"
         if response.status_code == 200:
@@ -311,10 +311,14 @@ class OpenAIBackend:
                 return self._reply(response)
             if status in (401, 403, 404, 429):
                 self._raise_for(response)
-            message = self.error_text(response)
+            message = self._error_text(response)
             lowered = message.lower()
             if status >= 400:
-                if self.adapt_to_refusal(message, body):
+                if "logprobs" in lowered and "logprobs" in body:
+                    self._send_logprobs = False
+                    continue
+                if "max_completion_tokens" in lowered and self._max_tokens_field == "max_tokens":
+                    self._max_tokens_field = "max_completion_tokens"
                     continue
                 if request.response_format is not None and any(w in lowered for w in _FORMAT_WORDS):
                     if request.response_format.get("type") == "json_schema" and self._next_schema_form(
@@ -333,18 +337,6 @@ class OpenAIBackend:
         """The bytes `complete` would POST for `request` now (what a Batch API line carries as its body)."""
         return _dumps(self.body(request))
 
-    def adapt_to_refusal(self, message: str, body: Mapping[str, Any]) -> bool:
-        """Learn from a server refusing one of a request's parameters (its error `message`): True when the
-        request can go again without it (logprobs left out, max_tokens sent by its newer name)."""
-        lowered = message.lower()
-        if "logprobs" in lowered and "logprobs" in body and self._send_logprobs:
-            self._send_logprobs = False
-            return True
-        if "max_completion_tokens" in lowered and self._max_tokens_field == "max_tokens":
-            self._max_tokens_field = "max_completion_tokens"
-            return True
-        return False
-
     def _next_schema_form(self, rejected: str) -> bool:
         """Move to the next form of JSON schema this server may take; False when there is none left."""
         if self._schema_form != rejected:
@@ -355,11 +347,11 @@ class OpenAIBackend:
         self._schema_form = self._schema_forms[position + 1]
         return True
 
-    def _raise_for(self, response: HTTPResponse) -> None:
+    def _raise_for(self, response: _Response) -> None:
         status = response.status_code
         limits = _rate_limits(response.headers)
         if status == 429:
-            message = self.error_text(response)
+            message = self._error_text(response)
             if "insufficient_quota" in response.text or "exceeded your current quota" in message:
                 raise BackendError(f"the account is out of quota (HTTP 429): {message}")
             raise RetryableError(
@@ -370,25 +362,27 @@ class OpenAIBackend:
             )
         if status >= 500 or status in _RETRYABLE_STATUSES:
             raise RetryableError(
-                f"HTTP {status}: {self.error_text(response)}",
+                f"HTTP {status}: {self._error_text(response)}",
                 retry_after=_retry_after(response.headers),
                 rate_limits=limits,
             )
         if status in (401, 403):
             raise BackendError(
-                f"the server refused the API key (HTTP {status}); check ${self.api_key_env}: "
-                f"{self.error_text(response)}"
+                f"the server refused the API key (HTTP {status}); check ${self._api_key_env}: "
+                f"{self._error_text(response)}"
             )
         if status == 404:
             raise BackendError(
                 f"{self.base_url}/chat/completions or model {self.model!r} not found "
-                f"(HTTP 404; does --base-url end with /v1?): {self.error_text(response)}"
+                f"(HTTP 404; does --base-url end with /v1?): {self._error_text(response)}"
             )
         if status in (400, 422):
-            raise BackendError(f"the server refused the request (HTTP {status}): {self.error_text(response)}")
-        raise BackendError(f"unexpected HTTP {status} from {self.base_url}: {self.error_text(response)}")
+            raise BackendError(
+                f"the server refused the request (HTTP {status}): {self._error_text(response)}"
+            )
+        raise BackendError(f"unexpected HTTP {status} from {self.base_url}: {self._error_text(response)}")
 
-    async def _post(self, content: bytes) -> HTTPResponse:
+    async def _post(self, content: bytes) -> _Response:
         return await self._request("POST", self._url, content)
 
     async def call(
@@ -402,7 +396,7 @@ class OpenAIBackend:
         into: Path | None = None,
         max_bytes: int = MAX_BODY_BYTES,
         transfer: bool = False,
-    ) -> HTTPResponse:
+    ) -> _Response:
         """`method {base_url}/{name}`: the API's other endpoints (files, batches), with the credentials, proxy,
         body caps and failure classes of chat requests. `into`: the body goes to this file (at most
         `max_bytes`) instead of memory. `transfer`: a file upload or download, which may take longer than
@@ -440,7 +434,7 @@ class OpenAIBackend:
         timeout: aiohttp.ClientTimeout | None = None,
         into: Path | None = None,
         max_bytes: int = MAX_BODY_BYTES,
-    ) -> HTTPResponse:
+    ) -> _Response:
         session = self._session_of_this_loop()
         try:
             # No redirects: a POST that a server redirects is a misconfigured --base-url, reported as such.
@@ -456,9 +450,9 @@ class OpenAIBackend:
             ) as response:
                 if into is not None and response.status == 200:
                     await _write_body(response, into, max_bytes)
-                    return HTTPResponse(response.status, response.headers, b"")
+                    return _Response(response.status, response.headers, b"")
                 body = await _read_body(response)
-                return HTTPResponse(response.status, response.headers, body)
+                return _Response(response.status, response.headers, body)
         except TimeoutError as exc:  # aiohttp's timeouts are also ClientErrors: this test comes first
             what = (
                 f"nothing received for {self._timeout:g} s"
@@ -492,7 +486,7 @@ class OpenAIBackend:
             self._session_loop = loop
         return self._session
 
-    def _reply(self, response: HTTPResponse) -> ChatReply:
+    def _reply(self, response: _Response) -> ChatReply:
         received = response.text
         text = self.scrub_exact(received)
         try:
@@ -513,7 +507,7 @@ class OpenAIBackend:
             rate_limits=_rate_limits(response.headers),
         )
 
-    def error_text(self, response: HTTPResponse) -> str:
+    def _error_text(self, response: _Response) -> str:
         try:
             error = json.loads(response.content).get("error")
             text = error.get("message") if isinstance(error, dict) else str(error or response.text)
