@@ -23,7 +23,8 @@ request's fate in a batch:
 Server-wide `faults` (a set) break the files: "duplicate-lines" (every output line twice), "unknown-line" (an
 output line with a custom_id nobody sent), "malformed-body" (one output line whose body is not a chat
 completion), "broken-line" (one output line that is not JSON), "stuck-finalizing" (batches never leave
-`finalizing`), "refuse-create" (creating a batch: HTTP 400); `download_failures` makes the first N content downloads fail with HTTP 500.
+`finalizing`), "refuse-create" (creating a batch: HTTP 400), "drop-create-reply" (the first batch created is
+not answered: the connection closes); `list_lag` hides batches younger than that many seconds from the list; `download_failures` makes the first N content downloads fail with HTTP 500.
 
 Tests stop a client at a named point with `hold(point)`: the server blocks there until `release(point)`, and
 `reached(point)` tells when it got there. Points: "uploading" (a file arrived, not stored yet), "upload" (the
@@ -98,6 +99,7 @@ class FakeBatchServer(FakeOpenAIServer):
         max_bytes: int = 200_000_000,
         faults: set[str] | frozenset[str] = frozenset(),
         download_failures: int = 0,
+        list_lag: float = 0.0,
         shuffle_seed: int = 0,
         **options: Any,
     ):
@@ -109,6 +111,7 @@ class FakeBatchServer(FakeOpenAIServer):
         self.max_bytes = max_bytes
         self.faults = set(faults)
         self.download_failures = download_failures
+        self.list_lag = list_lag
         self._shuffle = random.Random(shuffle_seed)
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
@@ -279,6 +282,9 @@ class FakeBatchServer(FakeOpenAIServer):
             self.batches[batch.id] = batch
         call["batch_id"] = batch.id
         self._pause("created")
+        if "drop-create-reply" in self.faults:
+            self.faults.discard("drop-create-reply")
+            raise _Dropped
         handler.send_json(200, self._object(batch))
 
     def _validate(self, stored: StoredFile) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
@@ -355,6 +361,8 @@ class FakeBatchServer(FakeOpenAIServer):
 
     def _list(self, handler: _Handler, items: list[Any], query: dict[str, str]) -> None:
         limit = int(query.get("limit") or 20)
+        if self.list_lag:  # an account's list that shows new batches only after a while
+            items = [i for i in items if not isinstance(i, Batch) or time.time() - i.created >= self.list_lag]
         ordered = sorted(items, key=lambda item: item.order, reverse=True)
         if "after" in query:
             ids = [item.id for item in ordered]
@@ -525,3 +533,26 @@ def _read_body(handler: _Handler) -> bytes:
             chunks.append(handler.rfile.read(size))
             handler.rfile.readline()
     return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port-file", type=Path, required=True, help="write the port here once listening")
+    parser.add_argument("--in-progress", type=float, default=0.6, help="seconds a batch is in_progress")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per live chat reply")
+    args = parser.parse_args(argv)
+    server = FakeBatchServer(in_progress=args.in_progress, latency=args.latency)
+    tmp = args.port_file.with_suffix(".tmp")
+    tmp.write_text(str(server.port))
+    tmp.replace(args.port_file)
+    print(f"listening on {server.base_url}", file=sys.stderr, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server._httpd.serve_forever(poll_interval=0.05)
+
+
+if __name__ == "__main__":
+    main()

@@ -365,3 +365,21 @@ def test_a_refused_batch_creation_stops_the_run_and_frees_its_requests(tmp_path)
         result = annotate(table, batch_config(server, batch_wait=True), tmp_path / "run")
         assert result.complete and len(server.created_batches()) == 1
         assert answered_twice(server) == []
+
+
+def test_a_batch_created_twice_after_a_lost_reply_is_found_and_the_second_cancelled(tmp_path):
+    """The first creation's reply is lost and the account's list does not show the batch yet when the creation
+    is tried again: the server holds two batches of the same requests. The later check cancels the second."""
+    table = corpus_table(PLAIN[:4])
+    with FakeBatchServer(faults={"drop-create-reply"}, list_lag=0.5, in_progress=2.0) as server:
+        result = annotate(table, batch_config(server, batch_wait=True, backoff_base=0.01), tmp_path / "run")
+        first, second = server.created_batches()
+        assert first.metadata == second.metadata
+        statuses = {server._object(first)["status"], server._object(second)["status"]}
+        assert statuses == {"completed", "cancelled"}
+        assert result.complete
+        # The second was cancelled before it was done: at most some of its lines were answered (and billed).
+        assert len(server.batch_answers()) < 8
+        assert any("repeated batch" in note for note in result.batch["this_invocation"]["notes"])
+        stored = store_rows(tmp_path / "run", "SELECT COUNT(*) FROM requests WHERE turn = 0")[0][0]
+        assert stored == 4

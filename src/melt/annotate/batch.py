@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 from melt.annotate.engine import Annotator, Outgoing, implausible_usage
 from melt.annotate.store import RequestStore
 from melt.errors import MeltError
@@ -82,6 +84,8 @@ class BatchRecord:
     bytes: int
     counts: dict[str, int] | None
     errors: str | None
+    #: attempts its creation took: after a failed one, the server may hold a second batch of the same requests
+    create_attempts: int
     created: float
     updated: float
 
@@ -110,7 +114,7 @@ class BatchRecord:
 
 _COLUMNS = (
     "local_id, state, status, input_file_id, batch_id, output_file_id, error_file_id, requests, bytes, counts, "
-    "errors, created, updated"
+    "errors, create_attempts, created, updated"
 )
 
 
@@ -317,9 +321,27 @@ class BatchSession:
                 )
         return found[0]
 
+    async def _cancel_duplicates(self, record: BatchRecord) -> None:
+        """Cancel the account's other batches made from this record (a creation whose reply was lost, which the
+        account's list did not show yet when it was tried again), while they are in progress."""
+        async for item in self.api.batches(since=record.created - _CLOCK_SLACK):
+            metadata = item.get("metadata")
+            if (
+                isinstance(metadata, dict)
+                and metadata.get("melt_batch") == record.local_id
+                and item["id"] != record.batch_id
+                and item.get("status") in LIVE
+                and item.get("status") != "cancelling"
+            ):
+                await self.api.cancel(item["id"])
+                self.report.notes.append(
+                    f"batch {item['id']} repeated batch {record.batch_id} (local {record.local_id}): cancelled"
+                )
+
     async def _create(self, record: BatchRecord, file_id: str) -> dict[str, Any]:
         """Create the batch of an uploaded file. When the reply is lost (a timeout, a dropped connection, a
-        5xx), the batch may exist all the same: it is looked for before creating again."""
+        5xx), the batch may exist all the same: it is looked for before creating again (and, should the server's
+        list have missed it, a second one is cancelled later: `_cancel_duplicates`)."""
         metadata = {"melt_batch": record.local_id, "melt_run": self.run_hash}
         for attempt in range(1, self.config.max_retries + 2):
             try:
@@ -338,6 +360,7 @@ class BatchSession:
                     delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
                     delay *= random.uniform(0.5, 1)
                 await asyncio.sleep(min(delay, self.config.backoff_max))
+                record.create_attempts = attempt + 1
                 found = await self._find_batch(record)
                 if found is not None:
                     return found
@@ -355,6 +378,7 @@ class BatchSession:
                     batch_id=batch["id"],
                     status=batch["status"],
                     counts=_counts_json(batch),
+                    create_attempts=record.create_attempts,
                 )
             ]
         )
@@ -369,6 +393,8 @@ class BatchSession:
             if record.state != "submitted":
                 continue
             assert record.batch_id is not None
+            if record.create_attempts > 1:
+                await self._cancel_duplicates(record)
             batch = await self.api.retrieve(record.batch_id)
             self.report.polls += 1
             status = batch["status"]
@@ -457,7 +483,7 @@ class BatchSession:
     ) -> None:
         text = self.backend.scrub_exact(line.decode("utf-8", "replace"))
         try:
-            item = json.loads(text)
+            item, exact = _loads(text)
         except ValueError:
             problems["lines that are not JSON"] += 1
             return
@@ -468,7 +494,7 @@ class BatchSession:
         if key not in waiting:
             problems["lines with a custom_id not in the batch"] += 1
             return
-        result = _result_of(item)
+        result = _result_of(item, exact)
         if result.reason is not None:
             result.reason = self.backend.scrub(result.reason)
         earlier = results.get(key)
@@ -480,7 +506,7 @@ class BatchSession:
 
     def _checked_reply(self, result: _Result, request_json: str) -> _Result:
         assert result.reply is not None
-        fields = json.loads(request_json)
+        fields = _loads(request_json)[0]
         fields["messages"] = tuple(fields.get("messages") or ())
         try:
             request = ChatRequest(**fields)
@@ -563,7 +589,7 @@ class BatchSession:
             self.store.write_now(statements)
             self._live_keys.update(o.key for o, _ in chunk)
             record = BatchRecord(local_id, "prepared", None, None, None, None, None, len(chunk), size, None,
-                                 None, now, now)  # fmt: skip
+                                 None, 1, now, now)  # fmt: skip
             uploaded = await self.api.upload(path, _file_name(local_id))
             file_id = uploaded.get("id")
             if not isinstance(file_id, str):
@@ -797,6 +823,15 @@ def batch_line(key: str, body: bytes) -> bytes:
     return head[:-1].encode() + b',"body":' + body + b"}\n"
 
 
+def _loads(text: str) -> tuple[Any, bool]:
+    """(the JSON value, whether orjson read it). orjson reads a reply with logprobs several times faster than
+    json; json takes what orjson refuses (NaN, -Infinity: some servers' logprobs of impossible tokens)."""
+    try:
+        return orjson.loads(text), True
+    except orjson.JSONDecodeError:
+        return json.loads(text), False
+
+
 def _write_lines(path: Path, lines: Iterator[bytes]) -> int:
     size = 0
     temporary = path.with_suffix(".tmp")
@@ -817,8 +852,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
-def _result_of(item: dict[str, Any]) -> _Result:
-    """What one line of an output or error file says of its request."""
+def _result_of(item: dict[str, Any], exact: bool = True) -> _Result:
+    """What one line of an output or error file says of its request (`exact`: orjson read it, and writes it
+    again as it was; otherwise json does, keeping its NaN)."""
     response = item.get("response")
     error = item.get("error")
     if isinstance(response, dict) and response.get("status_code") == 200:
@@ -829,7 +865,8 @@ def _result_of(item: dict[str, Any]) -> _Result:
         except MalformedReply as exc:
             return _Result("failed", f"{exc.reason} (in the batch's output)")
         reply = ChatReply(content, prompt_tokens, completion_tokens, finish_reason, logprobs)
-        return _Result("done", reply=reply, raw=json.dumps(body, ensure_ascii=False))
+        raw = orjson.dumps(body).decode() if exact else json.dumps(body, ensure_ascii=False)
+        return _Result("done", reply=reply, raw=raw)
     if isinstance(error, dict):
         code = str(error.get("code") or "error")
         message = " ".join(str(error.get("message") or "").split())[:300]
