@@ -126,6 +126,42 @@ def test_kill_9_at_each_step_then_a_rerun_finishes_without_a_second_batch(tmp_pa
     assert list((out / "batches").glob("*")) == []
 
 
+def test_an_orphan_the_account_list_does_not_show_yet_is_cancelled_once_it_appears(tmp_path):
+    """Killed after the batch was created, before its id was recorded; the account's list hides new batches for
+    a while, so the rerun cannot adopt the orphan and creates another. Its checks keep looking for batches of the
+    same requests and cancel the orphan as soon as the list shows it (here, while it is still validating, so
+    nothing was answered twice)."""
+    corpus, out, settings = setup(tmp_path, n=6)
+    with FakeBatchServer(api_key=KEY, validating=scaled(600)) as server:
+        server.hold("created")
+        process = start(annotate(corpus, out, settings, server, "--batch", "--wait"))
+        try:
+            wait_for(lambda: server.reached("created"), process)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=scaled(30))
+        server.list_lag = 1e9  # the account's list shows no batch
+        server.release("created")
+        [orphan] = server.created_batches()
+        rerun = start(annotate(corpus, out, settings, server, "--batch", "--wait"))
+        try:
+            wait_for(lambda: len(server.created_batches()) == 2, rerun)
+            server.list_lag = 0.0
+            wait_for(lambda: server._object(orphan)["status"] == "cancelled", rerun)
+            server.validating = 0.2  # the kept batch may now run
+            stdout, stderr = rerun.communicate(timeout=scaled(120))
+        finally:
+            if rerun.poll() is None:
+                rerun.kill()
+        assert rerun.returncode == 0, stderr + stdout
+        kept = server.created_batches()[1]
+        assert server._object(kept)["status"] == "completed"
+        assert answered_twice(server) == [] and len(server.batch_answers()) == 6
+        assert set(pd.read_parquet(out / "annotations.parquet")["status"]) == {"ok"}
+        notes = run_json(out)["batch"]["this_invocation"]["notes"]
+        assert any(f"batch {orphan.id} repeated batch {kept.id}" in note for note in notes)
+
+
 def test_cancel_through_the_run_folder_then_a_live_rerun_sends_the_rest(tmp_path):
     corpus, out, settings = setup(tmp_path, n=10)
     with FakeBatchServer(api_key=KEY, in_progress=3.0) as server:

@@ -274,6 +274,9 @@ class BatchSession:
                     self._record_created(record, batch)
                 elif create:
                     assert record.input_file_id is not None
+                    # The killed process may have sent the creation, and the account's list may not show its
+                    # batch yet: the checks of the one made now look for a second batch of the same requests.
+                    record.create_attempts = max(record.create_attempts, 2)
                     self._record_created(record, await self._create(record, record.input_file_id))
                 else:
                     self._abandon(record, "its file was uploaded, but no batch was created")
