@@ -42,6 +42,12 @@ def test_a_batch_run_submits_then_reruns_collect_validate_and_re_ask_in_the_next
         assert run_json(out)["batch"]["in_progress"] == 1
 
         wait_until_ended(server)
+        # The output file lists its lines in another order than the input: they are matched by custom_id.
+        [output] = [f for f in server.files.values() if f.filename == f"{batch.id}_output.jsonl"]
+        output_order = [json.loads(line)["custom_id"] for line in output.content.splitlines()]
+        assert sorted(output_order) == sorted(recorded) and output_order != [
+            x["custom_id"] for x in batch.lines
+        ]
         second = annotate(table, config, out)
         rows = second.annotations.set_index(table["id"])
         offlabel = table["id"][8]

@@ -126,6 +126,18 @@ def test_kill_9_at_each_step_then_a_rerun_finishes_without_a_second_batch(tmp_pa
     assert list((out / "batches").glob("*")) == []
 
 
+def test_wait_shows_the_batches_progress_on_stderr(tmp_path):
+    corpus, out, settings = setup(tmp_path, n=5)
+    with FakeBatchServer(api_key=KEY, in_progress=2.0) as server:
+        result = run(melt(corpus, "--out", out, "--base-url", server.base_url, "--config", settings, "--batch",
+                          "--wait"))  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    shown = re.findall(r"batches .*? (\d+)/(\d+) .*?(validating|in_progress|finalizing); next check \d\d:\d\d:\d\d",
+                       result.stderr)  # fmt: skip
+    assert shown and all(total == "5" for _, total, _ in shown), result.stderr
+    assert "collected 5 repl(ies) from 1 batch(es)" in result.stdout
+
+
 def test_an_orphan_the_account_list_does_not_show_yet_is_cancelled_once_it_appears(tmp_path):
     """Killed after the batch was created, before its id was recorded; the account's list hides new batches for
     a while, so the rerun cannot adopt the orphan and creates another. Its checks keep looking for batches of the
