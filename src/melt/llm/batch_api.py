@@ -71,20 +71,9 @@ class BatchAPI:
 
     async def files(self, *, since: float = 0.0) -> AsyncIterator[dict[str, Any]]:
         """The account's batch input files, newest first, down to those created at `since` (Unix time)."""
-        after: str | None = None
-        while True:
-            query = {"purpose": "batch", "limit": str(_FILE_PAGE), "order": "desc"}
-            if after:
-                query["after"] = after
-            page = await self._get("files", "listing the account's files", query)
-            items = [item for item in page.get("data") or () if isinstance(item, dict)]
-            for item in items:
-                if _number(item.get("created_at")) < since:
-                    return
-                yield item
-            if not page.get("has_more") or not items or not isinstance(items[-1].get("id"), str):
-                return
-            after = items[-1]["id"]
+        query = {"purpose": "batch", "limit": str(_FILE_PAGE), "order": "desc"}
+        async for item in self._listed("files", "listing the account's files", query, since):
+            yield item
 
     async def download(self, file_id: str, into: Path, *, max_bytes: int) -> None:
         """The content of file `file_id`, written to `into` (at most `max_bytes`)."""
@@ -127,12 +116,18 @@ class BatchAPI:
 
     async def batches(self, *, since: float = 0.0) -> AsyncIterator[dict[str, Any]]:
         """The account's batches, newest first, down to those created at `since` (Unix time)."""
+        query = {"limit": str(_BATCH_PAGE)}
+        async for item in self._listed("batches", "listing the account's batches", query, since):
+            yield item
+
+    async def _listed(
+        self, path: str, what: str, query: dict[str, str], since: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The items of a paged list (`after` = the last id of the page before), down to those created at
+        `since`."""
         after: str | None = None
         while True:
-            query = {"limit": str(_BATCH_PAGE)}
-            if after:
-                query["after"] = after
-            page = await self._get("batches", "listing the account's batches", query)
+            page = await self._get(path, what, {**query, "after": after} if after else query)
             items = [item for item in page.get("data") or () if isinstance(item, dict)]
             for item in items:
                 if _number(item.get("created_at")) < since:
