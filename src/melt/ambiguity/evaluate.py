@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from melt.agreement import fleiss_kappa
 from melt.ambiguity.config import AmbiguityConfig
 from melt.ambiguity.distributions import (
     TERTILES,
@@ -36,7 +37,7 @@ from melt.ambiguity.metrics import (
     jensen_shannon,
     reliability,
 )
-from melt.analysis.metrics import fleiss_kappa, krippendorff_alpha_nominal
+from melt.analysis.metrics import krippendorff_alpha_nominal
 
 PROTOCOLS: dict[str, str] = {
     "paper": "each source against the full human distribution (the paper's way; flatters combined, which "
