@@ -1,8 +1,14 @@
-"""What a request costs: US dollars per million input and output tokens, per model.
+"""What a request costs: US dollars per million input and output tokens, per model; and how many tokens a
+second of audio makes, per model.
 
 Prices change; the table holds list prices of common models at the time of writing and a run's configuration
 can add or override entries (`prices:` in the YAML config). A model without a price has an unknown cost, which
-is reported as such rather than as zero.
+is reported as such rather than as zero. Audio input tokens may have their own price (`audio_input`); without
+one they cost what text input tokens cost.
+
+Audio token rates (`AUDIO_TOKEN_RATES`, `audio_token_rates:` in the config to add or override) are what a
+dry run needs to count the tokens of the audio it would send; each figure below names its source. A model
+without a rate has an unknown audio token count, reported as such.
 """
 
 from __future__ import annotations
@@ -15,9 +21,17 @@ class Price(BaseModel):
 
     input: float = Field(ge=0, description="USD per million prompt tokens")
     output: float = Field(ge=0, description="USD per million completion tokens")
+    audio_input: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens of audio (default: the input price)"
+    )
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+    def cost(self, prompt_tokens: int, completion_tokens: int, audio_tokens: int = 0) -> float:
+        """USD for `prompt_tokens` (of which `audio_tokens` are audio) and `completion_tokens`."""
+        audio = min(audio_tokens, prompt_tokens)
+        audio_price = self.input if self.audio_input is None else self.audio_input
+        return (
+            (prompt_tokens - audio) * self.input + audio * audio_price + completion_tokens * self.output
+        ) / 1e6
 
 
 #: OpenAI list prices (standard tier, not Batch) in USD per million tokens.
@@ -31,6 +45,52 @@ PRICES: dict[str, Price] = {
     "gpt-4.1": Price(input=2.00, output=8.00),
     "gpt-4.1-mini": Price(input=0.40, output=1.60),
     "gpt-4.1-nano": Price(input=0.10, output=0.40),
+    # Audio models (developers.openai.com/api/docs/models/<model>): text tokens as above, audio input tokens dearer.
+    "gpt-4o-audio-preview": Price(input=2.50, output=10.00, audio_input=40.00),
+    "gpt-4o-audio-preview-2024-12-17": Price(input=2.50, output=10.00, audio_input=40.00),
+    "gpt-4o-audio-preview-2025-06-03": Price(input=2.50, output=10.00, audio_input=40.00),
+    "gpt-4o-mini-audio-preview": Price(input=0.15, output=0.60, audio_input=10.00),
+    "gpt-4o-mini-audio-preview-2024-12-17": Price(input=0.15, output=0.60, audio_input=10.00),
+    "gpt-audio": Price(input=2.50, output=10.00, audio_input=32.00),
+    "gpt-audio-2025-08-28": Price(input=2.50, output=10.00, audio_input=32.00),
+}
+
+
+class AudioRate(BaseModel):
+    """How many prompt tokens a second of input audio makes for a model, and where the figure comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens_per_second: float = Field(gt=0)
+    source: str = "the run's configuration"
+
+
+_OPENAI_AUDIO = (
+    "OpenAI, 'Managing costs' (developers.openai.com/api/docs/guides/realtime-costs): audio in user messages is "
+    "1 token per 100 ms"
+)
+_QWEN2_AUDIO = (
+    "Qwen2-Audio-7B-Instruct's preprocessor_config.json (30 s = 3000 mel frames) and config.json (encoder "
+    "max_source_positions 1500, pooled by 2): 750 tokens per 30 s"
+)
+_QWEN25_OMNI = "Qwen2.5-Omni technical report: one audio token per 40 ms of audio"
+_GEMINI = "Google, 'Understand and count tokens' (ai.google.dev/gemini-api/docs/tokens): 32 tokens per second of audio"
+
+#: Audio input tokens per second of audio, per model (the names a server is asked for).
+AUDIO_TOKEN_RATES: dict[str, AudioRate] = {
+    **{name: AudioRate(tokens_per_second=10.0, source=_OPENAI_AUDIO) for name in PRICES if "audio" in name},
+    **{
+        name: AudioRate(tokens_per_second=25.0, source=_QWEN2_AUDIO)
+        for name in ("Qwen/Qwen2-Audio-7B-Instruct", "Qwen/Qwen2-Audio-7B")
+    },
+    **{
+        name: AudioRate(tokens_per_second=25.0, source=_QWEN25_OMNI)
+        for name in ("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2.5-Omni-3B")
+    },
+    **{
+        name: AudioRate(tokens_per_second=32.0, source=_GEMINI)
+        for name in ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash")
+    },
 }
 
 
@@ -38,3 +98,11 @@ def price_of(model: str, extra: dict[str, Price] | None = None) -> Price | None:
     """The price of `model`, from `extra` first; None when unknown."""
     table = {**PRICES, **(extra or {})}
     return table.get(model)
+
+
+def audio_rate_of(model: str, extra: dict[str, float] | None = None) -> AudioRate | None:
+    """Audio tokens per second of `model`, from `extra` (tokens per second, from the configuration) first; None
+    when unknown."""
+    if extra and model in extra:
+        return AudioRate(tokens_per_second=extra[model])
+    return AUDIO_TOKEN_RATES.get(model)
