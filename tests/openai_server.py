@@ -31,6 +31,7 @@ scripted by markers in the utterance text, so a test corpus says which rows misb
     [[endless]]          every reply: a chunked body that never ends
     [[offlabel-above:T]] every answer to a request with temperature >= T: emotion "frustration" (panels)
     [[empty-above:T]]    every reply to a request with temperature >= T: empty content (panels)
+    [[split-at:T]]       emotion "joy" for requests with temperature >= T, "anger" below (panels)
 
 Markers whose fault hits "every" request are never cured by a retry (the client must not loop on them).
 
@@ -500,13 +501,15 @@ class FakeOpenAIServer:
         emotion = expected_emotion(text)
         if audio:
             emotion = "anger" if max(a["rms_dbfs"] for a in audio) > self.loud_dbfs else "sadness"
+        temperature = body.get("temperature")
+        if "split-at" in markers and temperature is not None:
+            emotion = "joy" if temperature >= float(markers["split-at"] or 0) else "anger"
         if "mixed" in markers:
             choices = [c.strip() for c in markers["mixed"].split(",")]
             emotion = choices[(count - 1) % len(choices)]
         said = emotion
         if "synonym" in markers:
             said = SYNONYMS[emotion]
-        temperature = body.get("temperature")
         hot = {m: temperature is not None and temperature >= float(markers[m] or 0)
                for m in ("offlabel-above", "empty-above") if m in markers}  # fmt: skip
         if hot.get("empty-above"):

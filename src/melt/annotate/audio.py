@@ -257,26 +257,26 @@ class AudioCheck:
     """The engine's server check for --audio (see the module's docstring); `result` is what run.json reports."""
 
     META = "audio_check:"
+    #: what a probe can find out (anything else, e.g. a transient failure, is probed again next time)
+    FINDINGS = ("hears audio", "ignores audio", "unknown")
 
     def __init__(self, example: AudioPart, *, allow_ignored: bool):
         self.example = example
         self.allow_ignored = allow_ignored
         self.result: dict[str, Any] = {"status": "not needed (every request was in the store)"}
 
+    def recall(self, store: Any, server: dict[str, Any]) -> None:
+        """Take what an earlier run found about this server (`server`: the backend's identity), if anything."""
+        remembered = store.meta_json(self.META + json.dumps(server, sort_keys=True))
+        if isinstance(remembered, dict) and remembered.get("status") in self.FINDINGS:
+            self.result = {**remembered, "remembered": True}
+
     async def __call__(self, annotator: Annotator) -> None:
         store, backend = annotator.store, annotator.backend
-        name = self.META + json.dumps(annotator.identity, sort_keys=True)
-        remembered = store.meta_json(name)
-        if isinstance(remembered, dict) and remembered.get("status") in (
-            "hears audio",
-            "ignores audio",
-            "unknown",
-        ):
-            self.result = {**remembered, "remembered": True}
-        else:
+        if not self.result.get("remembered"):
             self.result = await self._probe(annotator)
-            if self.result["status"] in ("hears audio", "ignores audio", "unknown"):
-                store.set_meta_json(name, self.result)
+            if self.result["status"] in self.FINDINGS:
+                store.set_meta_json(self.META + json.dumps(annotator.identity, sort_keys=True), self.result)
         where = f"{getattr(backend, 'base_url', backend.name)} (model {backend.model})"
         if self.result["status"] == "ignores audio":
             tokens = self.result["prompt_tokens_with_audio"]

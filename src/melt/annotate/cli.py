@@ -81,7 +81,7 @@ def annotate_command(
         "(Scaling Ambiguity), 8 annotators; or a panel file with its own personas, temperatures, weights and N.",
     ),
     annotators: int | None = typer.Option(
-        None, "--annotators", min=1, help="Panel size N (default: the panel's own; 8 for scaling-ambiguity)."
+        None, "--annotators", help="Panel size N (default: the panel's own; 8 for scaling-ambiguity)."
     ),
     audio: bool = typer.Option(
         False,
@@ -90,7 +90,7 @@ def annotate_command(
         "in an input_audio part; needs a server with an audio-language model.",
     ),
     max_audio_seconds: float | None = typer.Option(
-        None, "--max-audio-seconds", min=0.1, help="Longest audio sent in one piece, in seconds (default 30)."
+        None, "--max-audio-seconds", help="Longest audio sent in one piece, in seconds (default 30)."
     ),
     long_audio: str | None = typer.Option(
         None,

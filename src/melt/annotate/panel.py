@@ -193,7 +193,10 @@ def load_panel(spec: str, annotators: int | None = None) -> PanelDefinition:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise MeltError(f"not a valid YAML panel file ({exc})", file=path) from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise MeltError(f"not a valid YAML panel file{where}: {what}", file=path) from exc
         if not isinstance(data, dict):
             raise MeltError(
                 "a panel file is a mapping: name, annotators, personas, temperatures...", file=path

@@ -293,6 +293,8 @@ async def _run(
             audio_tokens_per_second=rate.tokens_per_second if rate else None,
             server_checks=[audio_check] if audio_check else [],
         )  # fmt: skip
+        if audio_check is not None:
+            audio_check.recall(store, annotator.identity)
         # The handlers stay until the outputs are written: a signal then changes nothing, rather than stopping
         # the process between the renames of two tables.
         with _signals_stop(annotator):
