@@ -294,6 +294,22 @@ def test_audio_longer_than_the_limit_is_trimmed_or_split(tmp_path, voices, mode,
     assert audio["seconds_left_out"] == pytest.approx(duration - 1.0 if mode == "trim" else 0.0, abs=1e-3)
 
 
+def test_audio_at_another_rate_and_in_stereo_arrives_as_16k_mono(tmp_path, voices):
+    import subprocess
+
+    source = voices[(0, "loud")]
+    stereo = tmp_path / "stereo44k.wav"
+    subprocess.run(["sox", str(source), "-r", "44100", "-c", "2", str(stereo)], check=True, capture_output=True)
+    table = conform(pd.DataFrame([{"id": "s", "speaker": "S", "text": "Stereo.", "audio": str(stereo)}]))
+    with FakeOpenAIServer() as server:
+        result = run_annotation(table, panel_config(server, annotators=1, audio=True), tmp_path / "run")
+        (entry,) = asked(server)
+    (audio,) = entry["audio"]
+    assert (audio["sample_rate"], audio["channels"]) == (16000, 1)
+    assert audio["seconds"] == pytest.approx(soundfile.info(str(source)).duration, abs=0.01)
+    assert result.annotations["emotion"].tolist() == ["anger"]
+
+
 def test_a_huge_recording_is_cut_to_at_most_ten_pieces_and_never_read_whole(tmp_path):
     rate, minutes = 16000, 12
     t = np.arange(rate * 60 * minutes) / rate

@@ -98,15 +98,20 @@ def audio_plan(utterances: list[Utterance], config: AnnotateConfig) -> AudioPlan
 
 
 def probe_clip(utterances: list[Utterance]) -> AudioPart | None:
-    """The start of the first utterance's audio, at most `PROBE_SECONDS`, for `AudioCheck`."""
+    """At most `PROBE_SECONDS` from the start of the first utterance with a second of audio or more (else the
+    longest), for `AudioCheck`: a clip too short to make a token could look ignored."""
+    chosen: AudioPart | None = None
     for utterance in utterances:
         parts = audio_parts(utterance.messages)
-        if parts:
-            first = parts[0]
-            seconds = min(first.seconds, PROBE_SECONDS)
-            load = functools.partial(_clip, first.source, first.sha256, first.start, seconds)
-            return dataclasses.replace(first, seconds=seconds, load=load)
-    return None
+        if parts and (chosen is None or parts[0].seconds > chosen.seconds):
+            chosen = parts[0]
+            if chosen.seconds >= 1.0:
+                break
+    if chosen is None:
+        return None
+    seconds = min(chosen.seconds, PROBE_SECONDS)
+    load = functools.partial(_clip, chosen.source, chosen.sha256, chosen.start, seconds)
+    return dataclasses.replace(chosen, seconds=seconds, load=load)
 
 
 def audio_settings(config: AnnotateConfig) -> dict[str, Any] | None:
