@@ -299,7 +299,9 @@ def test_audio_at_another_rate_and_in_stereo_arrives_as_16k_mono(tmp_path, voice
 
     source = voices[(0, "loud")]
     stereo = tmp_path / "stereo44k.wav"
-    subprocess.run(["sox", str(source), "-r", "44100", "-c", "2", str(stereo)], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(source), "-r", "44100", "-c", "2", str(stereo)], check=True, capture_output=True
+    )
     table = conform(pd.DataFrame([{"id": "s", "speaker": "S", "text": "Stereo.", "audio": str(stereo)}]))
     with FakeOpenAIServer() as server:
         result = run_annotation(table, panel_config(server, annotators=1, audio=True), tmp_path / "run")
