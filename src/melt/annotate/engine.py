@@ -869,8 +869,9 @@ def aggregate(
 
     labels = [o.answer["emotion"] for o, _ in valid if o.answer]
     counts: defaultdict[str, float] = defaultdict(float)
-    for (_o, w), label in zip(valid, labels, strict=True):
-        counts[label] += w
+    for o, weight in valid:
+        if o.answer:
+            counts[o.answer["emotion"]] += weight
     total = sum(counts.values())
     # Ties go to the label answered first, so the result does not depend on dictionary order.
     majority = max(counts, key=lambda label: (counts[label], -labels.index(label)))
