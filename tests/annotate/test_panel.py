@@ -152,6 +152,13 @@ def test_a_panel_of_8_hears_the_audio_with_8_distinct_temperatures(tmp_path, voi
     assert len(temperatures) == 8
     assert temperatures == {m.temperature for m in SCALING_AMBIGUITY.members()}
     assert len({e["system"] for e in entries}) == 5  # five focus instructions
+    # Each annotator is asked for one label from the set: an answer schema with the emotion alone, an enum.
+    labels = list(config.labels.labels)
+    for entry in entries:
+        assert entry["response_format"] == "json_schema"
+        assert entry["answer_schema"]["required"] == ["emotion"]
+        (emotion,) = entry["answer_schema"]["properties"].values()
+        assert emotion["type"] == "string" and sorted(e.lower() for e in emotion["enum"]) == sorted(labels)
     for entry in entries:
         (audio,) = entry["audio"]
         line = int(entry["text"].rsplit("(", 1)[1].rstrip(")")) % 2

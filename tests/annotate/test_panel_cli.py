@@ -18,6 +18,7 @@ import soundfile
 from annotate_helpers import FakeOpenAIServer
 
 from corpora import Prosody, Speech
+from melt.annotate.panel import load_panel
 from melt.annotate.store import STORE_NAME
 from melt.corpus.schema import conform, write_table
 from timing import scaled
@@ -86,9 +87,10 @@ def test_kill_9_mid_panel_then_resume_sends_no_finished_vote_again(tmp_path, voi
         time.sleep(0.3)  # the replies in flight reach the server's log
         before = [e for e in server.entries(status=200) if e.get("text")]
         with sqlite3.connect(out / STORE_NAME) as db:
-            stored = db.execute(
-                "SELECT COUNT(*) FROM requests WHERE status = 'done' AND turn >= 0"
-            ).fetchone()[0]
+            done = set(
+                db.execute("SELECT utterance_id, sample FROM requests WHERE status = 'done' AND turn >= 0")
+            )
+        stored = len(done)
         assert 75 <= stored < n * size
         last = max(e["n"] for e in server.entries())
         finished = run(args)
@@ -99,6 +101,11 @@ def test_kill_9_mid_panel_then_resume_sends_no_finished_vote_again(tmp_path, voi
     assert len(after) == n * size - stored
     resent = {e["key"] for e in before} & {e["key"] for e in after}
     assert len(resent) <= 4  # at most the requests in flight when the process died
+    # No vote the store had finished is asked again: (utterance, annotator) from the text and the temperature.
+    annotator_of = {m.temperature: m.index for m in load_panel("scaling-ambiguity", size).members()}
+    utterance_of = {f"{LINES[i % 2]} ({i})": f"utt{i:03d}" for i in range(n)}
+    asked_again = {(utterance_of[e["text"]], annotator_of[e["temperature"]]) for e in after}
+    assert len(asked_again) == len(after) and not asked_again & done
     votes = pd.read_parquet(out / "votes.parquet")
     assert len(votes) == n * size and (votes["status"] == "ok").all()
     expected = ["anger" if i % 2 == 0 else "sadness" for i in range(n)]
