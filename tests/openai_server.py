@@ -302,7 +302,9 @@ class FakeOpenAIServer:
 
         entry.update(format_schema=bool((body.get("response_format") or {}).get("schema")))
         # The answer schema a json_schema request carries, so tests can see what the client asked for.
-        entry.update(answer_schema=((body.get("response_format") or {}).get("json_schema") or {}).get("schema"))
+        entry.update(
+            answer_schema=((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+        )
         if format_type in self.reject_formats:
             entry.update(status=self.reject_status, fault=f"reject {format_type}")
             self._record(entry)
