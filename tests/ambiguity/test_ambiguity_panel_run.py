@@ -109,3 +109,43 @@ def test_iemocap_human_votes_and_a_real_audio_panel_through_melt_ambiguity(iemoc
     assert run_json["panel"]["fleiss_kappa"] == 1.0
     kappa = {(a["raters"], a["tertile"]): a["fleiss_kappa"] for a in summary["agreement"]}
     assert kappa[("panel", "all")] == pytest.approx(1.0)
+
+
+def test_a_panel_files_weights_reach_melt_ambiguity_as_they_weigh_the_annotations(tmp_path):
+    """Annotator weights of a panel file: the synthetic distribution of melt ambiguity is the annotation run's."""
+    from melt.ambiguity import analyse_ambiguity
+    from melt.annotate import run_annotation
+    from melt.annotate.config import AnnotateConfig
+    from melt.corpus.schema import conform
+
+    panel_file = tmp_path / "weighted.yaml"
+    panel_file.write_text(
+        "annotators: 3\npersonas: [{name: a, focus: Listen.}, {name: b, focus: Read.}]\n"
+        "temperatures: [0.2, 0.8, 0.9]\nweights: [3, 1, 1]\n"
+    )
+    corpus = conform(
+        pd.DataFrame(
+            {
+                "id": ["u0", "u1", "u2"],
+                "speaker": ["A", "B", "A"],
+                # split-at 0.5: annotator 0 (weight 3) says anger, annotators 1 and 2 joy.
+                "text": [f"Line {i} [[split-at:0.5]]." for i in range(3)],
+                "votes": [json.dumps({"E1": "anger", "E2": v}) for v in ("joy", "anger", "sadness")],
+            }
+        )
+    )
+    with FakeOpenAIServer() as server:
+        config = AnnotateConfig(
+            base_url=server.base_url, model="gpt-4o-2024-08-06", panel=str(panel_file), timeout=scaled(5)
+        )
+        result = run_annotation(corpus, config, tmp_path / "run")
+    assert result.complete
+    assert json.loads(result.annotations["distribution"].iloc[0]) == {"anger": 0.6, "joy": 0.4}
+    ambiguity = analyse_ambiguity(corpus, tmp_path / "run")
+    table = ambiguity.distributions().set_index("id")
+    for uid in ("u0", "u1", "u2"):
+        assert table.at[uid, "synthetic_anger"] == pytest.approx(0.6)
+        assert table.at[uid, "synthetic_joy"] == pytest.approx(0.4)
+        assert table.at[uid, "panel_votes"] == 3 and table.at[uid, "panel_weight"] == pytest.approx(5.0)
+    # combined: the two human raters (weight 1 each) and the panel's weight 5 (W = 1).
+    assert table.at["u1", "combined_anger"] == pytest.approx((2 + 3) / 7)

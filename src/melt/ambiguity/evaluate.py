@@ -139,7 +139,8 @@ class AmbiguityResult:
         sources = {"human": normalise(human_sums)}
         if self.panel is not None:
             synthetic_sums = self.panel.sums()
-            table["panel_votes"] = pd.Series(synthetic_sums.sum(axis=1).astype(int), dtype="Int64")
+            table["panel_votes"] = pd.Series((self.panel.choice >= 0).sum(axis=1), dtype="Int64")
+            table["panel_weight"] = synthetic_sums.sum(axis=1)
             sources["synthetic"] = normalise(synthetic_sums)
             sources["combined"] = pool(human_sums, synthetic_sums, self.config.synthetic_weight)
         columns = {

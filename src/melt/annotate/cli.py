@@ -113,7 +113,7 @@ def annotate_command(
 
     OUT belongs to one process at a time and to one configuration (server, model, prompt, request settings).
 
-    With --panel, every utterance is asked of N simulated annotators; OUT/votes.parquet holds their votes (for melt ambiguity) and the tables their distribution, majority label and agreement. With --audio, a one-request probe first checks that the server hears audio.
+    With --panel, every utterance is asked of N simulated annotators; OUT/votes.parquet holds their votes (for melt ambiguity) and the tables their distribution, majority label and agreement (Fleiss' κ of the panel in run.json and the summary). With --audio, a probe (a short clip, then the same request without it) first checks that the server hears audio.
 
     Exit status: 2 on an error; 3 when utterances are left pending (budget, a server asking to wait) or failed (rerun to finish); 130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
     """
