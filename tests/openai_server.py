@@ -628,12 +628,14 @@ def _transport_fault(markers: dict[str, str | None], count: int) -> str | None:
 
 
 def _wants_label_only(body: dict[str, Any]) -> bool:
-    """The panel's answer is the emotion alone: a schema without "character", or a prompt showing no character."""
+    """The panel's answer is the emotion alone: a schema without "character", or a prompt showing an answer with
+    "emotion" and no "character" (a bare prompt gets the full answer)."""
     response_format = body.get("response_format") or {}
     schema = (response_format.get("json_schema") or {}).get("schema") or response_format.get("schema")
     if isinstance(schema, dict) and "properties" in schema:
         return "character" not in schema["properties"]
-    return not any('"character"' in _text_of(m) for m in body.get("messages", []))
+    text = "".join(_text_of(m) for m in body.get("messages", []))
+    return '"emotion"' in text and '"character"' not in text
 
 
 def _wants_nested(body: dict[str, Any]) -> bool:
