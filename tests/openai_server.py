@@ -29,8 +29,20 @@ scripted by markers in the utterance text, so a test corpus says which rows misb
     [[trickle]]          every reply: the body one byte every `trickle_interval` seconds
     [[gzip-bomb]]        every reply: a gzip body that inflates to `bomb_bytes` of zeros
     [[endless]]          every reply: a chunked body that never ends
+    [[offlabel-above:T]] every answer to a request with temperature >= T: emotion "frustration" (panels)
+    [[empty-above:T]]    every reply to a request with temperature >= T: empty content (panels)
+    [[split-at:T]]       emotion "joy" for requests with temperature >= T, "anger" below (panels)
 
 Markers whose fault hits "every" request are never cured by a retry (the client must not loop on them).
+
+Panels and audio: a user line `"Speaker" said: "text"` (the panel template) is read like the paper's line; a
+request whose schema (or prompt) asks for the emotion alone gets `{"emotion": ...}`. Every request's temperature
+and a hash of its system message are logged. `input_audio` content parts are decoded (base64 WAV): their length,
+sample rate, channels, RMS level and sha256 are logged, and the answer comes from the audio: `anger` when the
+loudest part's RMS is above `loud_dbfs`, else `sadness` (so a test proves the audio reached the server intact).
+Audio adds `audio_tokens_per_second` prompt tokens per second to the usage (as Qwen2-Audio counts them), also
+given as `usage.prompt_tokens_details.audio_tokens`. `reject_audio` answers a request with audio with HTTP 400
+naming input_audio (a text-only model); `ignore_audio` answers as if no audio were sent (usage included).
 
 "First request(s)" count the requests the server has received for that utterance so far, repairs excluded.
 Server-wide options: a fixed latency per reply, rejecting some `response_format` types (with HTTP 400 as OpenAI
@@ -46,9 +58,11 @@ Run standalone (the benchmark and subprocess tests do): `python tests/openai_ser
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import math
 import random
@@ -58,6 +72,7 @@ import struct
 import sys
 import threading
 import time
+import wave
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,6 +84,8 @@ SYNONYMS = {"anger": "angry", "disgust": "disgusted", "fear": "scared", "joy": "
 _LINE = re.compile(
     r"^(?P<speaker>.+?) at s(?P<season>\S*?)e(?P<episode>\S*?) said: (?P<text>.*)$", re.MULTILINE
 )
+#: The panel template's line: `"Speaker" said: "text"`.
+_PANEL_LINE = re.compile(r'^(?P<speaker>"(?:[^"\\]|\\.)*"|[^"\n]+?) said: (?P<text>.*)$', re.MULTILINE)
 _MARKER = re.compile(r"\[\[([a-z0-9\-]+)(?::([^\]]*))?\]\]")
 _FAULT_COUNTS = re.compile(r"^(?P<kind>[a-z0-9\-]+?)(?:x(?P<n>\d+))?$")
 #: Faults that hit every request carrying the marker, repairs included.
@@ -114,6 +131,10 @@ class FakeOpenAIServer:
         trickle_interval: float = 0.5,
         bomb_bytes: int = 200_000_000,
         seed: int = 0,
+        reject_audio: bool = False,
+        ignore_audio: bool = False,
+        loud_dbfs: float = -24.0,
+        audio_tokens_per_second: float = 25.0,
     ):
         self.latency = latency
         self.retry_after = retry_after
@@ -136,6 +157,10 @@ class FakeOpenAIServer:
         self.ratelimit_headers = ratelimit_headers
         self.trickle_interval = trickle_interval
         self.bomb_bytes = bomb_bytes
+        self.reject_audio = reject_audio
+        self.ignore_audio = ignore_audio
+        self.loud_dbfs = loud_dbfs
+        self.audio_tokens_per_second = audio_tokens_per_second
         self.gets = 0
         self.log: list[dict[str, Any]] = []
         self._log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
@@ -251,13 +276,36 @@ class FakeOpenAIServer:
         markers = {m.group(1): m.group(2) for m in _MARKER.finditer(text)}
         count = self._count(text, repair)
         format_type = (body.get("response_format") or {}).get("type")
+        system = next((_text_of(m) for m in messages if m.get("role") == "system"), None)
         entry.update(
             key=request_key(body), text=text, speaker=line["speaker"] if line else None, repair=repair,
             count=count, response_format=format_type, logprobs=bool(body.get("logprobs")),
-            seed=body.get("seed"), messages=len(messages),
+            seed=body.get("seed"), messages=len(messages), temperature=body.get("temperature"),
+            system=hashlib.sha256(system.encode()).hexdigest()[:12] if system is not None else None,
         )  # fmt: skip
+        try:
+            audio = _audio_parts(messages)
+        except ValueError as exc:
+            entry.update(status=400, fault="bad audio")
+            self._record(entry)
+            return handler.send_json(400, {"error": {"message": f"Invalid input_audio: {exc}"}})
+        if audio:
+            entry.update(audio=audio)
+            if self.reject_audio:
+                entry.update(status=400, fault="reject audio")
+                self._record(entry)
+                message = "Invalid content type. input_audio is only supported by audio models; this model takes text."
+                return handler.send_json(
+                    400, {"error": {"message": message, "param": "messages", "code": None}}
+                )
+            if self.ignore_audio:
+                audio = []
 
         entry.update(format_schema=bool((body.get("response_format") or {}).get("schema")))
+        # The answer schema a json_schema request carries, so tests can see what the client asked for.
+        entry.update(
+            answer_schema=((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+        )
         if format_type in self.reject_formats:
             entry.update(status=self.reject_status, fault=f"reject {format_type}")
             self._record(entry)
@@ -314,7 +362,7 @@ class FakeOpenAIServer:
             entry.update(status=200, fault=fault)
             self._record(entry)
             return handler.send_raw(200, b'{"choices": [{"message": {"content": "{\\"character')
-        text, emotion = self.completion(body, line, markers, count, repair, entry["key"], received)
+        text, emotion = self.completion(body, line, markers, count, repair, entry["key"], received, audio)
         data = text.encode()
         entry.update(status=200, fault=fault, emotion=emotion)
         # The reply is ready before the wait, and the wait counts from the request's arrival: the latency is
@@ -337,10 +385,12 @@ class FakeOpenAIServer:
         repair: bool,
         key: str,
         received: float,
+        audio: list[dict[str, Any]] = (),  # type: ignore[assignment]
     ) -> tuple[str, str]:
         """(the JSON text of a chat completion answering `body`, the emotion it gives)."""
-        content, emotion = self._answer(body, line, markers, count, repair)
-        prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
+        content, emotion = self._answer(body, line, markers, count, repair, audio)
+        prompt_chars = sum(len(_text_of(m)) for m in body.get("messages") or [])
+        audio_tokens = math.ceil(sum(a["seconds"] for a in audio) * self.audio_tokens_per_second)
         reply: dict[str, Any] = {
             "id": f"chatcmpl-{key[:12]}",
             "object": "chat.completion",
@@ -350,11 +400,13 @@ class FakeOpenAIServer:
                 {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
             ],
             "usage": {
-                "prompt_tokens": prompt_chars // 4 + 1,
+                "prompt_tokens": prompt_chars // 4 + 1 + audio_tokens,
                 "completion_tokens": len(content) // 4 + 1,
-                "total_tokens": prompt_chars // 4 + len(content) // 4 + 2,
+                "total_tokens": prompt_chars // 4 + len(content) // 4 + 2 + audio_tokens,
             },
         }
+        if audio_tokens:
+            reply["usage"]["prompt_tokens_details"] = {"audio_tokens": audio_tokens, "cached_tokens": 0}
         with_logprobs = bool(body.get("logprobs")) and self.offer_logprobs
         if with_logprobs:
             reply["choices"][0]["logprobs"] = {"content": _LOGPROBS_SLOT}
@@ -456,19 +508,40 @@ class FakeOpenAIServer:
             time.sleep(delay)
 
     def _answer(
-        self, body: dict[str, Any], line: dict[str, str] | None, markers: dict, count: int, repair: bool
+        self,
+        body: dict[str, Any],
+        line: dict[str, str] | None,
+        markers: dict,
+        count: int,
+        repair: bool,
+        audio: list[dict[str, Any]] = (),  # type: ignore[assignment]
     ) -> tuple[str, str]:
         speaker = line["speaker"] if line else "Unknown"
         text = line["text"] if line else ""
         emotion = expected_emotion(text)
+        if audio:
+            emotion = "anger" if max(a["rms_dbfs"] for a in audio) > self.loud_dbfs else "sadness"
+        temperature = body.get("temperature")
+        if "split-at" in markers and temperature is not None:
+            emotion = "joy" if temperature >= float(markers["split-at"] or 0) else "anger"
         if "mixed" in markers:
             choices = [c.strip() for c in markers["mixed"].split(",")]
             emotion = choices[(count - 1) % len(choices)]
         said = emotion
         if "synonym" in markers:
             said = SYNONYMS[emotion]
-        if "offlabel-always" in markers or ("offlabel" in markers and not repair):
+        hot = {m: temperature is not None and temperature >= float(markers[m] or 0)
+               for m in ("offlabel-above", "empty-above") if m in markers}  # fmt: skip
+        if hot.get("empty-above"):
+            return "", emotion
+        if (
+            "offlabel-always" in markers
+            or ("offlabel" in markers and not repair)
+            or hot.get("offlabel-above")
+        ):
             said = emotion = "frustration"
+        if _wants_label_only(body):
+            return json.dumps({"emotion": said}), emotion
         character = "Gunther" if "wrongchar" in markers else speaker
         elements = {
             "emotion": said,
@@ -490,15 +563,65 @@ class FakeOpenAIServer:
         return content, emotion
 
 
+def _text_of(message: dict[str, Any]) -> str:
+    """A message's text: its content, or its text parts (audio parts left out)."""
+    content = message.get("content", "")
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return str(content)
+
+
+def _audio_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every `input_audio` part decoded: seconds, sample rate, channels, RMS level (dBFS), sha256 and size of the
+    WAV. ValueError for a part that is not base64 WAV."""
+    found = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "input_audio":
+                continue
+            audio = part.get("input_audio") or {}
+            try:
+                data = base64.b64decode(audio.get("data") or "", validate=True)
+                with wave.open(io.BytesIO(data)) as wav:
+                    rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+                    frames = wav.readframes(wav.getnframes())
+            except (ValueError, wave.Error, EOFError) as exc:
+                raise ValueError(f"not base64 WAV ({exc})") from exc
+            if width != 2:
+                raise ValueError(f"expected 16-bit PCM, got {8 * width}-bit")
+            count = len(frames) // (2 * channels)
+            square = sum(v * v for v in memoryview(frames).cast("h")) / max(count * channels, 1)
+            rms = math.sqrt(square) / 32768
+            found.append(
+                {
+                    "format": audio.get("format"),
+                    "seconds": count / rate,
+                    "sample_rate": rate,
+                    "channels": channels,
+                    "rms_dbfs": 20 * math.log10(rms) if rms > 0 else -math.inf,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                }
+            )
+    return found
+
+
 def _target_line(messages: list[dict[str, Any]]) -> dict[str, str] | None:
     """The utterance to describe: the last `X at sNeM said:` line of the first user message that has one
-    (earlier lines of the same message are dialogue context; the system message only shows the format)."""
+    (earlier lines of the same message are dialogue context; the system message only shows the format), or
+    the panel template's `"X" said:` line."""
     for message in messages:
         if message.get("role") != "user":
             continue
-        matches = list(_LINE.finditer(str(message.get("content", ""))))
+        content = _text_of(message)
+        matches = list(_LINE.finditer(content)) or list(_PANEL_LINE.finditer(content))
         if matches:
-            line = {k: v.strip() for k, v in matches[-1].groupdict().items()}
+            line = {"season": "", "episode": "", **{k: v.strip() for k, v in matches[-1].groupdict().items()}}
             # Utterances (and speakers) are shown as JSON string literals; tests compare the decoded text.
             for name in ("text", "speaker"):
                 if line[name].startswith('"'):
@@ -520,13 +643,24 @@ def _transport_fault(markers: dict[str, str | None], count: int) -> str | None:
     return None
 
 
+def _wants_label_only(body: dict[str, Any]) -> bool:
+    """The panel's answer is the emotion alone: a schema without "character", or a prompt showing an answer with
+    "emotion" and no "character" (a bare prompt gets the full answer)."""
+    response_format = body.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}).get("schema") or response_format.get("schema")
+    if isinstance(schema, dict) and "properties" in schema:
+        return "character" not in schema["properties"]
+    text = "".join(_text_of(m) for m in body.get("messages", []))
+    return '"emotion"' in text and '"character"' not in text
+
+
 def _wants_nested(body: dict[str, Any]) -> bool:
     """The paper's answer nests the voice under "elements"; answer in whatever shape the request asks for."""
     response_format = body.get("response_format") or {}
     if response_format.get("type") == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema") or {}
         return "elements" in (schema.get("properties") or {})
-    return any('"elements"' in str(m.get("content", "")) for m in body.get("messages", []))
+    return any('"elements"' in _text_of(m) for m in body.get("messages", []))
 
 
 _LOGPROBS_SLOT = "@@logprobs@@"
@@ -682,6 +816,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratelimit-headers", action="store_true", help="send x-ratelimit-* headers")
     parser.add_argument("--slots", type=int)
     parser.add_argument("--family", default="openai", choices=sorted(OWNED_BY))
+    parser.add_argument("--reject-audio", action="store_true", help="HTTP 400 for requests with audio")
+    parser.add_argument("--ignore-audio", action="store_true", help="answer as if no audio were sent")
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         latency=args.latency,
@@ -696,6 +832,8 @@ def main(argv: list[str] | None = None) -> None:
         ratelimit_headers=args.ratelimit_headers,
         slots=args.slots,
         family=args.family,
+        reject_audio=args.reject_audio,
+        ignore_audio=args.ignore_audio,
     )
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")

@@ -169,8 +169,8 @@ def check_outputs(
         combined = distributions[[f"combined_{label}" for label in names]].to_numpy()
         scored = defined & ~np.isnan(synthetic).any(axis=1)
         assert summary["scoring"]["paper"]["scored"] == scored.sum()
-        # combined recomputed from the vote counts: human rater weight + W per synthetic vote
-        votes = distributions["panel_votes"].to_numpy(dtype=float)
+        # combined recomputed from the vote weights: human rater weight + W times the synthetic votes' weight
+        votes = distributions["panel_weight"].to_numpy(dtype=float)
         weights = distributions["human_weight"].to_numpy()
         for i in np.flatnonzero(scored):
             pooled = p_human[i] * weights[i] + synthetic_weight * synthetic[i] * votes[i]

@@ -222,3 +222,44 @@ def test_panel_without_optional_columns_or_with_odd_temperatures(tmp_path):
     panel = read_panel_votes(path, np.array(["u0"]), MELT_LABEL_SET)
     assert panel.temperatures == {"2": 0.5} and panel.personas == {}
     assert panel.sums()[0, K["joy"]] == 1 and panel.sums()[0, K["anger"]] == 1
+
+
+def test_panel_votes_weigh_their_annotators_weight(tmp_path):
+    path = tmp_path / "votes.parquet"
+    frame = panel_frame(
+        [
+            ("u0", 0, "calm", 0.2, "anger", "ok", None),
+            ("u0", 1, "keen", 0.8, "joy", "ok", None),
+            ("u1", 0, "calm", 0.2, "joy", "ok", None),
+            ("u1", 1, "keen", 0.8, None, "invalid", "off the set"),
+        ]
+    )
+    frame.assign(weight=[3.0, 1.0, 3.0, 1.0]).to_parquet(path)
+    panel = read_panel_votes(path, np.array(["u0", "u1"]), MELT_LABEL_SET)
+    sums = panel.sums()
+    assert sums[0, K["anger"]] == 3 and sums[0, K["joy"]] == 1 and sums[1, K["joy"]] == 3
+    assert normalise(sums)[0, K["anger"]] == pytest.approx(0.75)
+    # A sub-panel (the saturation curve) keeps each annotator's own weight.
+    assert panel.sums(np.array([1]))[0, K["joy"]] == 1
+    assert panel.counts["weights"] == {"0": 3.0, "1": 1.0}
+    # Without the column every vote weighs 1.
+    frame.to_parquet(path)
+    assert read_panel_votes(path, np.array(["u0", "u1"]), MELT_LABEL_SET).sums()[0, K["anger"]] == 1
+
+
+@pytest.mark.parametrize(
+    ("weights", "message", "row"),
+    [
+        ([1.0, -2.0], "weight must be a positive number, got -2.0", 2),
+        ([1.0, float("nan")], "weight must be a positive number", 2),
+        ([1.0, 2.0], "annotator 0 has two weights", 2),
+    ],
+)
+def test_bad_panel_weights_are_errors_naming_the_row(tmp_path, weights, message, row):
+    path = tmp_path / "votes.parquet"
+    panel_frame([("u0", 0, "p", 0.1, "joy", "ok", None), ("u1", 0, "p", 0.1, "joy", "ok", None)]).assign(
+        weight=weights
+    ).to_parquet(path)
+    with pytest.raises(MeltError, match=message) as info:
+        read_panel_votes(path, np.array(["u0", "u1"]), MELT_LABEL_SET)
+    assert info.value.row == row and info.value.column == "weight"

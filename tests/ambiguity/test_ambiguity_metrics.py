@@ -9,7 +9,6 @@ from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import accuracy_score, f1_score, r2_score
 
 from melt.ambiguity import metrics
-from melt.analysis.metrics import fleiss_kappa
 
 
 def random_distributions(rng, n, k, zeros=True):
@@ -153,24 +152,3 @@ def test_distributions_are_checked():
         metrics.entropy([[1.5, -0.5]])
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.r2([[1, 0]], [[1, 0, 0]])
-
-
-def test_fleiss_kappa_textbook_example():
-    # Fleiss (1971)-style worked example: 10 subjects, 14 raters, 5 categories; κ ≈ 0.210.
-    counts = [
-        [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-        [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
-    ]  # fmt: skip
-    assert fleiss_kappa(counts) == pytest.approx(0.20993, abs=1e-5)
-    # P̄ = 0.378 and P_e = 0.213 in the worked example.
-    assert fleiss_kappa([[3, 0], [0, 3], [3, 0]]) == 1.0
-    assert math.isnan(fleiss_kappa([[1, 0], [0, 1]]))  # no unit with two raters
-
-
-def test_fleiss_kappa_with_unequal_raters_matches_hand_computation():
-    # Unit 1: 2 raters agree (P = 1); unit 2: 3 raters split 2/1 (P = 2/6); unit 3: 1 rater (ignored).
-    counts = [[2, 0], [1, 2], [0, 1]]
-    observed = (1 + 2 / 6) / 2
-    shares = np.array([3, 2]) / 5
-    expected = (shares**2).sum()
-    assert fleiss_kappa(counts) == pytest.approx((observed - expected) / (1 - expected))

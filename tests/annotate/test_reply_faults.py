@@ -13,6 +13,7 @@ from melt.annotate import run_annotation
 from melt.annotate.store import STORE_NAME
 from melt.errors import MeltError
 from openai_server import expected_emotion
+from timing import scaled
 
 GOOD = "A perfectly ordinary line."
 
@@ -94,7 +95,9 @@ def test_a_trickling_reply_is_bounded_by_the_timeout(tmp_path):
 
 @pytest.mark.parametrize("marker", ["[[gzip-bomb]]", "[[endless]]"])
 def test_reply_bodies_are_capped_even_compressed_ones(server, tmp_path, marker):
-    result = run_annotation(corpus_table([f"{marker} Boom.", GOOD]), fast_config(server), tmp_path / "run")
+    # The cap, not the timeout, must stop these replies: a loaded machine inflates a gzip bomb slowly.
+    config = fast_config(server, timeout=scaled(2.0))
+    result = run_annotation(corpus_table([f"{marker} Boom.", GOOD]), config, tmp_path / "run")
     bad, good = result.annotations.to_dict("records")
     assert bad["status"] == "failed" and "larger than" in bad["error"], bad["error"]
     assert good["status"] == "ok"

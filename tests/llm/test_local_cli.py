@@ -119,3 +119,37 @@ def test_another_gguf_under_the_same_name_is_another_configuration(tmp_path):
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["identity"]["backend"]["model"] == "model.gguf"
     assert len(run_json["identity"]["backend"]["model_sha256"]) == 64
+
+
+def test_a_panel_runs_offline_on_the_transcripts_with_the_bundled_model(tmp_path):
+    """The offline demo of distributions: 2 utterances, 2 annotators, a short reply (the label alone)."""
+    bundled_model_path()
+    out = tmp_path / "run"
+    args = (
+        "--out",
+        out,
+        "--panel",
+        "scaling-ambiguity",
+        "--annotators",
+        "2",
+        "--limit",
+        "2",
+        "--max-tokens",
+        "24",
+    )
+    result = melt(CORPUS, *args, "-q")
+    assert result.returncode == 0, result.stderr
+    votes = pd.read_parquet(out / "votes.parquet")
+    assert len(votes) == 4 and set(votes["annotator"]) == {0, 1}
+    assert votes.groupby("annotator")["temperature"].first().nunique() == 2
+    assert set(votes["status"]) <= {"ok", "invalid"}
+    labels = {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
+    assert set(votes.loc[votes["status"] == "ok", "label"]) <= labels
+    annotations = pd.read_parquet(out / "annotations.parquet")
+    for row in annotations[annotations["status"] == "ok"].itertuples():
+        assert sum(json.loads(row.distribution).values()) == pytest.approx(1.0)
+        assert row.emotion in labels
+    run = json.loads((out / "run.json").read_text())
+    assert run["backend"] == "local" and run["panel"]["annotators"] == 2
+    assert run["identity"]["schema"] == "label" and run["identity"]["prompt"] == "panel"
+    assert "Fleiss' κ of the panel" in melt(CORPUS, *args).stdout  # the rerun's summary, from the store

@@ -36,9 +36,12 @@ class AudioError(MeltError):
         super().__init__(reason, file=file)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, *, offset: float = 0.0, duration: float | None = None
+) -> np.ndarray:
     """The file's audio as float32 mono at `sample_rate`; raises `AudioError` for a missing, empty, truncated,
-    undecodable or silent file."""
+    undecodable or silent file. `offset` and `duration` (seconds) read only that part, without decoding the
+    rest of the file (the silence check then applies to that part)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError("file not found" if not path.exists() else "not a file", file=path)
@@ -49,15 +52,15 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         _check_wav_header(path)
     if suffix in _SOUNDFILE_EXTENSIONS:
         try:
-            signal, rate = _read_soundfile(path)
+            signal, rate = _read_soundfile(path, offset, duration)
         except AudioError as first:
             # libsndfile rejects some valid files (e.g. WAV with exotic codecs) that ffmpeg decodes.
             try:
-                signal, rate = _read_ffmpeg(path, sample_rate)
+                signal, rate = _read_ffmpeg(path, sample_rate, offset, duration)
             except AudioError:
                 raise first from None
     else:
-        signal, rate = _read_ffmpeg(path, sample_rate)
+        signal, rate = _read_ffmpeg(path, sample_rate, offset, duration)
     if rate != sample_rate:
         from scipy.signal import resample_poly
 
@@ -74,26 +77,36 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return signal
 
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+def _read_soundfile(path: Path, offset: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
     import soundfile
 
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        start, frames = 0, -1
+        if offset or duration is not None:
+            native = soundfile.info(str(path)).samplerate
+            start = round(offset * native)
+            frames = -1 if duration is None else max(round(duration * native), 0)
+        data, rate = soundfile.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(f"not readable audio ({_last_line(str(exc))})", file=path) from exc
     return data.mean(axis=1, dtype=np.float32), int(rate)
 
 
-def _read_ffmpeg(path: Path, sample_rate: int) -> tuple[np.ndarray, int]:
+def _read_ffmpeg(
+    path: Path, sample_rate: int, offset: float = 0.0, duration: float | None = None
+) -> tuple[np.ndarray, int]:
     if shutil.which("ffmpeg") is None:
         raise AudioError(
             f"ffmpeg is not installed; it is needed to decode {path.suffix or 'this'} files", file=path
         )
+    part = ["-ss", f"{offset:.6f}"] if offset else []
+    part += ["-t", f"{duration:.6f}"] if duration is not None else []
     command = [
         "ffmpeg",
         "-nostdin",
         "-v",
         "error",
+        *part,
         "-i",
         str(path),
         "-vn",

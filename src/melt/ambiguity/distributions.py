@@ -2,8 +2,9 @@
 (`RUN_DIR/votes.parquet`), ambiguity, and tertiles.
 
 Votes are read onto a label set; a vote for a label outside it is dropped and counted, never coerced. Human
-raters keep their weights (a rater listing two labels gives each ½); panel votes weigh 1 each. p_c is the weight
-of the votes for c divided by the weight of all the utterance's votes in the set.
+raters keep their weights (a rater listing two labels gives each ½); a panel vote weighs its annotator's weight
+(the votes file's optional `weight` column, from a panel file's `weights`; 1 without it). p_c is the weight of the
+votes for c divided by the weight of all the utterance's votes in the set.
 """
 
 from __future__ import annotations
@@ -71,14 +72,18 @@ class PanelVotes:
     personas: dict[str, str]
     temperatures: dict[str, float]
     counts: dict = field(default_factory=dict)
+    #: each annotator's vote weight, in the order of `annotators` (None: 1 each)
+    weights: np.ndarray | None = None
 
     def sums(self, annotators: np.ndarray | None = None) -> np.ndarray:
-        """(n, K): valid votes per label, from all annotators or the given columns of `choice`."""
-        choice = self.choice if annotators is None else self.choice[:, annotators]
+        """(n, K): weighted valid votes per label, from all annotators or the given columns of `choice`."""
+        columns = np.arange(self.choice.shape[1]) if annotators is None else np.asarray(annotators)
+        choice = self.choice[:, columns]
+        weight = np.ones(len(columns)) if self.weights is None else self.weights[columns]
         classes = self.counts["classes"]
         out = np.zeros((len(choice), classes))
         rows, cols = np.nonzero(choice >= 0)
-        np.add.at(out, (rows, choice[rows, cols]), 1.0)
+        np.add.at(out, (rows, choice[rows, cols]), weight[cols])
         return out
 
     def labels_per_item(self, labels: tuple[str, ...]) -> list[list[str]]:
@@ -211,7 +216,8 @@ def read_panel_votes(path: str | Path, ids: np.ndarray, labels: LabelSet) -> Pan
 
     `path` is a run folder holding votes.parquet or the file itself. Only rows with status "ok" and a label count;
     labels outside the set are dropped and counted, as are rows for ids that are not in the corpus. A file sharing
-    no id with the corpus is a MeltError (most likely the panel of another corpus)."""
+    no id with the corpus is a MeltError (most likely the panel of another corpus), as is a `weight` that is not
+    a positive number or differs between two rows of one annotator."""
     path = Path(path)
     file = path / "votes.parquet" if path.is_dir() else path
     if path.is_dir() and not file.exists():
@@ -282,12 +288,17 @@ def read_panel_votes(path: str | Path, ids: np.ndarray, labels: LabelSet) -> Pan
     if "temperature" in votes.columns:  # reported only; a value that is not a number is left out
         numeric = votes.assign(temperature=pd.to_numeric(votes["temperature"], errors="coerce"))
         temperatures = _first_per_annotator(numeric, annotator_keys, "temperature")
+    weights = (
+        _annotator_weights(votes, annotator_keys, annotators, file) if "weight" in votes.columns else None
+    )
     return PanelVotes(
         annotators=annotators,
         choice=choice,
         personas={k: str(v) for k, v in personas.items()},
         temperatures={k: float(v) for k, v in temperatures.items()},
+        weights=weights,
         counts={
+            "weights": None if weights is None else dict(zip(annotators, weights.tolist(), strict=True)),
             "file": str(file),
             "rows": len(votes),
             "status": {str(k): int(v) for k, v in sorted(Counter(status).items())},
@@ -346,3 +357,29 @@ def tertiles(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     rank = np.arange(len(order))
     out[order] = np.asarray(TERTILES, dtype=object)[(3 * rank) // len(order)]
     return out
+
+
+def _annotator_weights(
+    votes: pd.DataFrame, keys: np.ndarray, annotators: list[str], file: Path
+) -> np.ndarray:
+    """Each annotator's weight from the votes file's `weight` column: one positive number per annotator."""
+    weight = pd.to_numeric(votes["weight"], errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(weight) & (weight > 0))
+    if bad.any():
+        row = int(bad.argmax())
+        raise MeltError(
+            f"weight must be a positive number, got {votes['weight'].iloc[row]}",
+            file=file,
+            row=row + 1,
+            column="weight",
+        )
+    of: dict[str, float] = {}
+    for row, (key, value) in enumerate(zip(keys, weight, strict=True)):
+        if of.setdefault(key, value) != value:
+            raise MeltError(
+                f"annotator {key} has two weights ({of[key]:g} and {value:g}): one annotator, one weight",
+                file=file,
+                row=row + 1,
+                column="weight",
+            )
+    return np.array([of[a] for a in annotators])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from melt.agreement import fleiss_kappa
 from melt.ambiguity.config import AmbiguityConfig
 from melt.ambiguity.distributions import (
     TERTILES,
@@ -36,7 +37,7 @@ from melt.ambiguity.metrics import (
     jensen_shannon,
     reliability,
 )
-from melt.analysis.metrics import fleiss_kappa, krippendorff_alpha_nominal
+from melt.analysis.metrics import krippendorff_alpha_nominal
 
 PROTOCOLS: dict[str, str] = {
     "paper": "each source against the full human distribution (the paper's way; flatters combined, which "
@@ -138,7 +139,8 @@ class AmbiguityResult:
         sources = {"human": normalise(human_sums)}
         if self.panel is not None:
             synthetic_sums = self.panel.sums()
-            table["panel_votes"] = pd.Series(synthetic_sums.sum(axis=1).astype(int), dtype="Int64")
+            table["panel_votes"] = pd.Series((self.panel.choice >= 0).sum(axis=1), dtype="Int64")
+            table["panel_weight"] = synthetic_sums.sum(axis=1)
             sources["synthetic"] = normalise(synthetic_sums)
             sources["combined"] = pool(human_sums, synthetic_sums, self.config.synthetic_weight)
         columns = {

@@ -82,6 +82,10 @@ def notes(result: AmbiguityResult) -> list[str]:
     not_ok = {k: v for k, v in counts["status"].items() if k != "ok"}
     if not_ok:
         out.append(f"panel rows that are not votes (status): {_listing(not_ok)}.")
+    weights = counts.get("weights")
+    if weights and len(set(weights.values())) > 1:
+        listed = ", ".join(f"{annotator} ×{weight:g}" for annotator, weight in weights.items())
+        out.append(f"panel votes weighted by annotator: {listed}.")
     if counts["ok_without_label"]:
         out.append(f"{counts['ok_without_label']} panel row(s) with status ok but no label: not counted.")
     if counts["votes_off_set"]:

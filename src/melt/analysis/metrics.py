@@ -11,6 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+# Fleiss' κ is defined once, below every stage (annotation panels use it too); named here with the other metrics.
+from melt.agreement import fleiss_kappa as fleiss_kappa
+
 
 def _classes(reference: Sequence[str], candidate: Sequence[str], labels: Sequence[str] | None) -> list[str]:
     if len(reference) != len(candidate):
@@ -115,25 +118,3 @@ def classification_scores(reference, candidate, labels=None) -> dict[str, float]
         "acc": accuracy(reference, candidate),
         "f1": macro_f1(reference, candidate, labels),
     }
-
-
-def fleiss_kappa(counts: Sequence[Sequence[float]] | np.ndarray) -> float:
-    """Fleiss' κ from a (units × categories) matrix: `counts[u][c]` raters put unit u in category c.
-
-    κ = (P̄ − P_e) / (1 − P_e), with P_u = (Σ_c n_uc² − n_u) / (n_u (n_u − 1)) the agreement among unit u's n_u
-    raters, P̄ their mean and P_e = Σ_c p_c² from the pooled category shares p_c. Units may have different numbers
-    of raters (the usual generalisation); units with fewer than two are ignored, as they hold no pair.
-    """
-    matrix = np.asarray(counts, dtype=float)
-    if matrix.ndim != 2:
-        raise ValueError(f"expected a units × categories matrix, got shape {matrix.shape}")
-    raters = matrix.sum(axis=1)
-    matrix, raters = matrix[raters >= 2], raters[raters >= 2]
-    if not len(matrix):
-        return float("nan")
-    observed = float((((matrix**2).sum(axis=1) - raters) / (raters * (raters - 1))).mean())
-    shares = matrix.sum(axis=0) / raters.sum()
-    expected = float((shares**2).sum())
-    if expected == 1:
-        return 1.0
-    return (observed - expected) / (1 - expected)

@@ -105,6 +105,39 @@ def annotate_command(
         help="Cancel the run folder's batches in progress (with --wait: and collect what they completed) and "
         "exit; a rerun then sends what they did not answer.",
     ),
+    panel: str | None = typer.Option(
+        None,
+        "--panel",
+        metavar="[scaling-ambiguity|FILE.yaml]",
+        help="Ask a panel of simulated annotators for one label each, and write their votes to "
+        "OUT/votes.parquet. scaling-ambiguity: 5 focus instructions and 5 temperature bands by annotator "
+        "(Scaling Ambiguity), 8 annotators; or a panel file with its own personas, temperatures, weights and N.",
+    ),
+    annotators: int | None = typer.Option(
+        None, "--annotators", help="Panel size N (default: the panel's own; 8 for scaling-ambiguity)."
+    ),
+    audio: bool = typer.Option(
+        False,
+        "--audio",
+        help="Send each utterance's recording (corpus column 'audio') with its transcript, as 16 kHz mono WAV "
+        "in an input_audio part; needs a server with an audio-language model.",
+    ),
+    max_audio_seconds: float | None = typer.Option(
+        None, "--max-audio-seconds", help="Longest audio sent in one piece, in seconds (default 30)."
+    ),
+    long_audio: str | None = typer.Option(
+        None,
+        "--long-audio",
+        metavar="[trim|split]",
+        help="Audio longer than --max-audio-seconds: trim (default: send its start) or split (consecutive "
+        "pieces, all in the one message, at most 10).",
+    ),
+    allow_ignored_audio: bool = typer.Option(
+        False,
+        "--allow-ignored-audio",
+        help="Go on when the audio probe finds the server ignoring the audio (default: stop, exit 2); the labels "
+        "then come from the text alone.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Annotate every utterance with an LLM: the MELT description, validated, resumable, at a known cost.
@@ -115,10 +148,25 @@ def annotate_command(
 
     With --batch the requests go through OpenAI's Batch API at half the price: rerun the command (or `melt annotate OUT`) to collect the results, or add --wait. Requests inside a batch in progress are never sent again.
 
+    With --panel, every utterance is asked of N simulated annotators; OUT/votes.parquet holds their votes (for melt ambiguity) and the tables their distribution, majority label and agreement (Fleiss' κ of the panel in run.json and the summary). With --audio, a probe (a short clip, then the same request without it) first checks that the server hears audio.
+
     Exit status: 2 on an error; 3 when utterances are left pending (budget, a server asking to wait, batches in progress) or failed (rerun to finish); 130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
     """
     from melt.annotate.config import AnnotateConfig
     from melt.annotate.run import RunInterrupted, cancel_batches, estimate_run, run_annotation
+    from melt.errors import MeltError
+
+    if panel is not None:
+        # What a panel decides itself: these flags would be silently ignored.
+        for flag, value in (("--temperature", temperature), ("--samples", samples), ("--prompt", prompt),
+                            ("--schema", schema)):  # fmt: skip
+            if value is not None:
+                raise MeltError(
+                    f"{flag} does not apply to a panel: each annotator has its own temperature and answers once, "
+                    "with the panel's template and one label (set them in a panel file)"
+                )
+    if long_audio is not None and long_audio not in ("trim", "split"):
+        raise MeltError(f"--long-audio takes trim or split, not {long_audio!r}")
 
     table, out, recorded = resolve_run_folder(corpus, out, need_corpus=not cancel_batch)
     config = AnnotateConfig.load(
@@ -146,6 +194,12 @@ def annotate_command(
         batch=batch,
         batch_wait=wait,
         batch_repair=batch_repair,
+        panel=panel,
+        annotators=annotators,
+        audio=audio or None,
+        max_audio_seconds=max_audio_seconds,
+        long_audio=long_audio,
+        allow_ignored_audio=allow_ignored_audio or None,
     )
     console = Console(highlight=False)
     if cancel_batch:
@@ -186,7 +240,18 @@ def annotate_command(
         console.print(
             f"{counts['failed']} utterance(s) failed after retries (see 'error'); rerun to retry them"
         )
-    console.print(f"wrote {out / 'annotations.parquet'}, {out / 'annotations.csv'} and {out / 'run.json'}")
+    if result.panel is not None:
+        without = result.panel["utterances_without_valid_votes"]
+        if without:
+            examples = ", ".join(result.panel["utterances_without_valid_votes_examples"])
+            console.print(
+                f"{without} utterance(s) got no valid vote from any annotator (status invalid; e.g. {examples}): "
+                "they have no panel distribution"
+            )
+        written = f"{out / 'annotations.parquet'}, {out / 'annotations.csv'}, {out / 'votes.parquet'}"
+    else:
+        written = f"{out / 'annotations.parquet'}, {out / 'annotations.csv'}"
+    console.print(f"wrote {written} and {out / 'run.json'}")
     if interrupted is not None:
         raise typer.Exit(128 + interrupted.signal)
     if not result.complete:
@@ -269,8 +334,12 @@ def print_batch_state(console: Console, result, out: Path) -> None:
         )
 
 
-def _money(value: float | None) -> str:
-    return "unknown (no price for this model)" if value is None else f"${value:.4f}"
+def _money(value: float | None, estimate=None) -> str:
+    if value is not None:
+        return f"${value:.4f}"
+    if estimate is not None and estimate.audio_tokens is None:
+        return "unknown (the audio's tokens are unknown)"
+    return "unknown (no price for this model)"
 
 
 def estimate_table(estimate) -> Table:
@@ -279,16 +348,33 @@ def estimate_table(estimate) -> Table:
     table.add_column(justify="left")
     table.add_column(justify="right")
     table.add_row("utterances", str(estimate.utterances))
+    if estimate.per_utterance > 1:
+        table.add_row("requests per utterance", str(estimate.per_utterance))
     table.add_row("requests (without re-asks)", str(estimate.requests))
     table.add_row("already in the store", str(estimate.cached))
     if estimate.in_batches:
         table.add_row("inside batches in progress (not sent again)", str(estimate.in_batches))
     table.add_row("prompt tokens (estimate)", f"{estimate.prompt_tokens:,}")
+    if estimate.audio_seconds:
+        table.add_row("  audio sent (seconds, all requests)", f"{estimate.audio_seconds:,.1f}")
+        if estimate.audio_tokens is None:
+            table.add_row(
+                "  audio tokens",
+                f"unknown: no audio token rate for {estimate.model}; set audio_token_rates: "
+                f"{{{estimate.model}: TOKENS_PER_SECOND}} in the config",
+            )
+        else:
+            rate = estimate.audio_rate
+            table.add_row(
+                "  audio tokens (estimate)",
+                f"{estimate.audio_tokens:,} at {rate.tokens_per_second:g}/s ({rate.source})" if rate else "0",
+            )
     table.add_row("completion tokens (estimate)", f"{estimate.completion_tokens:,}")
     table.add_row(
-        "cost (estimate)" + (", Batch API price" if estimate.batch else ""), _money(estimate.cost_usd)
+        "cost (estimate)" + (", Batch API price" if estimate.batch else ""),
+        _money(estimate.cost_usd, estimate),
     )
-    table.add_row("cost if every reply hits max_tokens", _money(estimate.cost_usd_max))
+    table.add_row("cost if every reply hits max_tokens", _money(estimate.cost_usd_max, estimate))
     return table
 
 
@@ -335,7 +421,45 @@ def summary_table(result) -> Table:
         table.add_row("cost of the batch replies collected", _money(this.get("cost_usd")))
     table.add_row("cost of the whole run folder", _money(result.totals["cost_usd"]))
     table.add_row("elapsed", f"{stats.elapsed_s:.1f} s")
+    if result.panel is not None:
+        _panel_rows(table, result.panel)
+    if result.audio is not None:
+        _audio_rows(table, result.audio)
     return table
+
+
+def _panel_rows(table: Table, panel: dict) -> None:
+    table.add_section()
+    temperatures = sorted(m["temperature"] for m in panel["members"])
+    table.add_row(
+        f"panel {panel['name']}",
+        f"{panel['annotators']} annotators, temperatures {temperatures[0]:g} to {temperatures[-1]:g}",
+    )
+    votes = ", ".join(f"{status} {n}" for status, n in panel["votes"].items())
+    table.add_row("  votes", votes)
+    table.add_row("  utterances without a valid vote", str(panel["utterances_without_valid_votes"]))
+    if panel["off_set_labels_dropped"]:
+        dropped = ", ".join(f"{label} {n}" for label, n in panel["off_set_labels_dropped"].items())
+        table.add_row("  labels outside the set (dropped)", dropped)
+    kappa = panel["fleiss_kappa"]
+    shown = (
+        "undefined (fewer than two votes per utterance, or one label only)"
+        if kappa is None
+        else f"{kappa:.3f}"
+    )
+    table.add_row("  Fleiss' κ of the panel", f"{shown} over {panel['fleiss_kappa_utterances']} utterance(s)")
+
+
+def _audio_rows(table: Table, audio: dict) -> None:
+    table.add_section()
+    table.add_row("audio: utterances", str(audio["utterances"]))
+    table.add_row("  seconds sent per request set", f"{audio['seconds_sent_per_request']:,.1f}")
+    if audio["trimmed"] or audio["split"]:
+        table.add_row(
+            "  longer than --max-audio-seconds",
+            f"trimmed {audio['trimmed']}, split {audio['split']}, {audio['seconds_left_out']:,.1f} s left out",
+        )
+    table.add_row("  server check", str(audio["check"].get("status")))
 
 
 __all__ = ["annotate_command", "batches_table", "estimate_table", "summary_table"]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from melt.corpus.labels import MELT_LABEL_SET, LabelSet
 from melt.errors import MeltError
@@ -55,6 +55,28 @@ class AnnotateConfig(BaseModel):
     )
     repair: bool = Field(True, description="re-ask once with the validation error when an answer is invalid")
 
+    # A panel of simulated annotators (melt.annotate.panel): each utterance is asked of N annotators, each with
+    # its own focus instruction and temperature, for one label each.
+    panel: str | None = Field(
+        None, description="scaling-ambiguity, or a panel YAML file (personas, temperatures, weights, N)"
+    )
+    annotators: int | None = Field(None, ge=1, le=1000, description="panel size N (default: the panel's own)")
+
+    # The utterance's recording with the request (an input_audio content part; melt.annotate.audio).
+    audio: bool = Field(False, description="send each utterance's audio (corpus column 'audio')")
+    max_audio_seconds: float = Field(
+        30.0, gt=0, le=3600, description="longest audio sent in one piece (Qwen2-Audio truncates beyond 30 s)"
+    )
+    long_audio: Literal["trim", "split"] = Field(
+        "trim",
+        description="audio longer than max_audio_seconds: trim (send its start) or split (consecutive pieces, "
+        "all in the one message, at most 10)",
+    )
+    allow_ignored_audio: bool = Field(
+        False,
+        description="go on when the probe finds that the server ignores the audio (labels from text only)",
+    )
+
     # How hard to try.
     concurrency: int = Field(
         8, ge=1, le=1024, description="most requests in flight (lowered on 429s and timeouts, then regained)"
@@ -70,6 +92,10 @@ class AnnotateConfig(BaseModel):
     max_cost: float | None = Field(None, ge=0, description="USD this invocation may spend")
     prices: dict[str, Price] = Field(
         default_factory=dict, description="model -> price, added to the built-in table"
+    )
+    audio_token_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="model -> audio input tokens per second of audio, added to the built-in table",
     )
     limit: int | None = Field(None, ge=1, description="annotate only the first N utterances")
 
@@ -90,6 +116,18 @@ class AnnotateConfig(BaseModel):
         10.0, gt=0, description="seconds before the first check of batches in progress with --wait"
     )
     batch_poll_max: float = Field(300.0, gt=0, description="longest wait between two checks, in seconds")
+
+    @model_validator(mode="after")
+    def _panel_settings(self) -> AnnotateConfig:
+        if self.panel is not None and self.samples != 1:
+            raise ValueError(
+                "samples: a panel asks each annotator once; set the panel's size with annotators"
+            )
+        if self.panel is None and self.annotators is not None:
+            raise ValueError("annotators: sets the size of a panel; give the panel too (--panel)")
+        if any(not (rate > 0) for rate in self.audio_token_rates.values()):
+            raise ValueError("audio_token_rates: tokens per second must be positive")
+        return self
 
     @classmethod
     def load(

@@ -27,8 +27,8 @@ import json
 import math
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -44,6 +44,9 @@ from melt.llm.base import (
     RequestFailed,
     ResponseFormatRejected,
     RetryableError,
+    audio_parts,
+    audio_seconds,
+    text_chars,
 )
 from melt.llm.openai import RAW_RESPONSE
 from melt.llm.pricing import Price
@@ -64,6 +67,8 @@ CHARS_PER_TOKEN = 3.0
 #: counts beyond these bounds are a server's bug, never billed.
 _TOKENS_PER_CHAR_MAX = 4
 _TOKENS_SLACK = 4096
+#: Audio makes 10 to 32 tokens a second for the models in melt.llm.pricing: beyond this it is a server's bug.
+_AUDIO_TOKENS_PER_SECOND_MAX = 100
 #: The tiny request that finds out which answer format a server takes ("JSON" must be in the messages for
 #: OpenAI's json_object mode).
 PROBE_MESSAGES = ({"role": "user", "content": "Reply with a JSON object and nothing else."},)
@@ -73,7 +78,47 @@ PROBE_MESSAGES = ({"role": "user", "content": "Reply with a JSON object and noth
 class Utterance:
     id: str
     speaker: str | None
-    messages: list[dict[str, str]]
+    #: the template's messages; a content may be a list of parts with `melt.llm.base.AudioPart`s (--audio)
+    messages: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the requests for one utterance: sample i of a run with --samples, annotator k of a
+    panel (melt.annotate.panel). `system` replaces the template's system message (None keeps it); `weight` is
+    what the answer counts for in the utterance's distribution and majority."""
+
+    temperature: float | None
+    seed: int | None
+    system: str | None = None
+    weight: float = 1.0
+
+
+def sample_variants(config: AnnotateConfig) -> list[Variant]:
+    """`--samples N`: N requests that differ only in their seed (seed + i, when a seed is set)."""
+    return [
+        Variant(temperature=config.temperature, seed=None if config.seed is None else config.seed + i)
+        for i in range(config.samples)
+    ]
+
+
+def request_variants(config: AnnotateConfig, prompt: PromptConfig) -> list[Variant]:
+    """The requests for each utterance: a panel's annotators (melt.annotate.panel) or --samples."""
+    if config.panel is None:
+        return sample_variants(config)
+    from melt.annotate.panel import panel_of, panel_variants  # the panel module builds on this one
+
+    return panel_variants(panel_of(config), prompt, config.seed)
+
+
+def variant_messages(messages: list[dict[str, Any]], variant: Variant) -> list[dict[str, Any]]:
+    """An utterance's messages as `variant` sends them."""
+    if variant.system is None:
+        return messages
+    return [
+        {"role": "system", "content": variant.system},
+        *(m for m in messages if m.get("role") != "system"),
+    ]
 
 
 @dataclass
@@ -131,18 +176,18 @@ class RunStats:
 def chat_request(
     config: AnnotateConfig,
     schema_format: dict[str, Any],
-    messages: list[dict[str, str]],
-    sample: int,
+    messages: list[dict[str, Any]],
+    variant: Variant,
     level: str,
 ) -> ChatRequest:
-    """The request for one sample of one prompt at answer-format `level` (see RESPONSE_FORMATS)."""
+    """The request for one variant of one prompt at answer-format `level` (see RESPONSE_FORMATS)."""
     formats = {"json_schema": schema_format, "json_object": {"type": "json_object"}, "text": None}
     return ChatRequest(
         messages=tuple(messages),
-        temperature=config.temperature,
+        temperature=variant.temperature,
         max_tokens=config.max_tokens,
         # The same seed for every sample would make servers that honour seeds repeat one answer N times.
-        seed=None if config.seed is None else config.seed + sample,
+        seed=variant.seed,
         response_format=formats[level],
         logprobs=config.logprobs,
         top_logprobs=config.top_logprobs if config.logprobs else None,
@@ -163,10 +208,11 @@ def backend_identity(backend: Backend) -> dict[str, Any]:
 
 def implausible_usage(request: ChatRequest, reply: ChatReply) -> str | None:
     """Why the token counts of a reply cannot be right, or None. A server's bug must not be billed."""
-    chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+    chars = text_chars(request.messages)
     if request.response_format is not None:
         chars += len(json.dumps(request.response_format))  # a schema is part of the prompt's tokens
-    prompt_cap = _TOKENS_PER_CHAR_MAX * chars + _TOKENS_SLACK
+    audio_cap = math.ceil(_AUDIO_TOKENS_PER_SECOND_MAX * audio_seconds(request.messages))
+    prompt_cap = _TOKENS_PER_CHAR_MAX * chars + audio_cap + _TOKENS_SLACK
     completion_cap = _TOKENS_PER_CHAR_MAX * max(request.max_tokens or 0, len(reply.content)) + _TOKENS_SLACK
     if reply.prompt_tokens > prompt_cap:
         return (
@@ -360,6 +406,11 @@ class Pacer:
         return at - now
 
 
+#: A check of the server run once before the first request is sent (e.g. that it takes audio): it raises
+#: `BackendError` to stop the run, and remembers what it found in the store itself.
+ServerCheck = Callable[["Annotator"], Awaitable[None]]
+
+
 class Annotator:
     def __init__(
         self,
@@ -369,9 +420,18 @@ class Annotator:
         store: RequestStore,
         price: Price | None,
         on_job_done: Callable[[RunStats], None] | None = None,
+        *,
         dispatch: Dispatcher | None = None,
+        variants: Sequence[Variant] | None = None,
+        audio_tokens_per_second: float | None = None,
+        server_checks: Sequence[ServerCheck] = (),
     ):
         self.config = config
+        #: the requests for each utterance (default: `--samples`, or the panel's annotators)
+        self.variants = list(variants) if variants is not None else request_variants(config, prompt)
+        #: audio input tokens per second of audio for the budget's worst case (unknown: no --max-cost with audio)
+        self.audio_tokens_per_second = audio_tokens_per_second
+        self.server_checks = list(server_checks)
         self.prompt = prompt
         self.backend = backend
         self.store = store
@@ -423,11 +483,12 @@ class Annotator:
 
     async def run(self, utterances: list[Utterance]) -> dict[str, list[SampleOutcome]]:
         started = time.perf_counter()
+        per_utterance = len(self.variants)
         outcomes: dict[str, list[SampleOutcome]] = {
-            u.id: [SampleOutcome("pending") for _ in range(self.config.samples)] for u in utterances
+            u.id: [SampleOutcome("pending") for _ in range(per_utterance)] for u in utterances
         }
-        jobs = ((u, s) for u in utterances for s in range(self.config.samples))
-        workers = min(self.config.concurrency, max(1, len(utterances) * self.config.samples))
+        jobs = ((u, s) for u in utterances for s in range(per_utterance))
+        workers = min(self.config.concurrency, max(1, len(utterances) * per_utterance))
         self._workers = [asyncio.create_task(self._worker(jobs, outcomes)) for _ in range(workers)]
         try:
             results = await asyncio.gather(*self._workers, return_exceptions=True)
@@ -492,14 +553,13 @@ class Annotator:
 
     async def _sample(self, utterance: Utterance, sample: int) -> SampleOutcome:
         outcome = SampleOutcome("pending")
+        messages = variant_messages(utterance.messages, self.variants[sample])
         try:
-            reply = await self._request(utterance, sample, 0, utterance.messages, outcome)
+            reply = await self._request(utterance, sample, 0, messages, outcome)
             validation = validate_reply(reply.content, self.prompt, utterance.speaker)
             if not validation.ok and self.config.repair:
                 self.stats.repairs += 1
-                messages = repair_messages(
-                    utterance.messages, reply.content, validation.error or "invalid answer"
-                )
+                messages = repair_messages(messages, reply.content, validation.error or "invalid answer")
                 reply = await self._request(utterance, sample, 1, messages, outcome)
                 validation = validate_reply(reply.content, self.prompt, utterance.speaker)
                 validation.flags.append("re_asked")
@@ -535,14 +595,14 @@ class Annotator:
         utterance: Utterance,
         sample: int,
         turn: int,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         outcome: SampleOutcome,
     ) -> StoredReply:
         """The reply to `messages`, from the store if it was ever received, otherwise from the backend."""
         self.stats.requests += 1
         while True:
             level = self.format_level
-            request = chat_request(self.config, self._schema_format, messages, sample, level)
+            request = chat_request(self.config, self._schema_format, messages, self.variants[sample], level)
             key, request_json = stored_key(self.backend.model, request, sample)
             stored = self.store.get(key)
             if stored is not None:
@@ -602,10 +662,7 @@ class Annotator:
         use = getattr(self.backend, "use_server_profile", None)
         if isinstance(remembered, dict) and isinstance(remembered.get("server"), dict) and callable(use):
             use(remembered["server"])
-        else:
-            detect = getattr(self.backend, "detect_server", None)
-            if not callable(detect):
-                return
+        elif callable(detect := getattr(self.backend, "detect_server", None)):
             await detect()  # an unreachable server stops the run here, before any paid request
             if self.config.response_format == "auto" and self.format_level != "text":
                 await self._probe_format()
@@ -613,40 +670,63 @@ class Annotator:
         cap = getattr(self.backend, "max_concurrency", None)
         if cap:
             self.limit.cap(cap)
+        for check in self.server_checks:
+            await check(self)
 
     async def _probe_format(self) -> None:
         """One tiny request per answer format until the server takes one. A transient failure ends the probe:
         the run then learns from the rejections of real requests, as it would without a probe."""
         while not self.stopping:
             level = self.format_level
-            request = chat_request(self.config, self._schema_format, list(PROBE_MESSAGES), 0, level)
-            request = dataclasses.replace(
-                request, max_tokens=16, temperature=0.0, logprobs=False, top_logprobs=None
-            )
-            reservation = await self._reserve(request)
-            self.stats.sent += 1
-            self.stats.probes += 1
+            request = self.probe_request(list(PROBE_MESSAGES), level)
             try:
-                reply = await self.backend.complete(request)
+                await self.probe(request)
             except ResponseFormatRejected as exc:
                 self._fall_back(level, exc)
                 continue
             except (RetryableError, RequestFailed):
                 return
-            finally:
-                self._reserved -= reservation
-                self._budget_freed.set()
-            if implausible_usage(request, reply) is None:
-                # Kept in the store (turn -1, no utterance), so the folder's totals include what it cost.
-                cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
-                key, request_json = stored_key(self.backend.model, request, 0)
-                self.store.put_done(key, utterance_id="", sample=0, turn=-1, request_json=request_json,
-                                    content=reply.content, finish_reason=reply.finish_reason, logprobs=None,
-                                    raw_response=reply.extra.get(RAW_RESPONSE), prompt_tokens=reply.prompt_tokens,
-                                    completion_tokens=reply.completion_tokens, cost_usd=cost, attempts=1,
-                                    started=time.time())  # fmt: skip
-                self._count(reply.prompt_tokens, reply.completion_tokens, cost)
             return
+
+    def probe_request(self, messages: list[dict[str, Any]], level: str | None = None) -> ChatRequest:
+        """A tiny request (16 tokens at most, temperature 0, no logprobs) at answer format `level` (default: the
+        run's), for finding out what a server takes."""
+        request = chat_request(
+            self.config,
+            self._schema_format,
+            messages,
+            Variant(0.0, self.config.seed),
+            level or self.format_level,
+        )
+        return dataclasses.replace(request, max_tokens=16, logprobs=False, top_logprobs=None)
+
+    async def probe(self, request: ChatRequest) -> ChatReply:
+        """Send one request that is no utterance's (a probe of the server): within the budget, counted, and kept in
+        the store (turn -1, no utterance) so the folder's totals include what it cost. Raises what the backend
+        raises."""
+        reservation = await self._reserve(request)
+        self.stats.sent += 1
+        self.stats.probes += 1
+        try:
+            reply = await self.backend.complete(request)
+        finally:
+            self._reserved -= reservation
+            self._budget_freed.set()
+        if implausible_usage(request, reply) is None:
+            cost = self._cost(reply)
+            key, request_json = stored_key(self.backend.model, request, 0)
+            self.store.put_done(key, utterance_id="", sample=0, turn=-1, request_json=request_json,
+                                content=reply.content, finish_reason=reply.finish_reason, logprobs=None,
+                                raw_response=reply.extra.get(RAW_RESPONSE), prompt_tokens=reply.prompt_tokens,
+                                completion_tokens=reply.completion_tokens, cost_usd=cost, attempts=1,
+                                started=time.time())  # fmt: skip
+            self._count(reply.prompt_tokens, reply.completion_tokens, cost)
+        return reply
+
+    def _cost(self, reply: ChatReply) -> float | None:
+        if self.price is None:
+            return None
+        return self.price.cost(reply.prompt_tokens, reply.completion_tokens, reply.audio_prompt_tokens)
 
     def _remember_server(self) -> None:
         profile = getattr(self.backend, "server_profile", None)
@@ -716,7 +796,7 @@ class Annotator:
         absurd = implausible_usage(request, reply)
         if absurd is not None:
             self._give_up(absurd, utterance, sample, turn, key, request_json, attempts, started)
-        cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
+        cost = self._cost(reply)
         self.store.put_done(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
                             content=reply.content, finish_reason=reply.finish_reason, logprobs=reply.logprobs,
                             raw_response=reply.extra.get(RAW_RESPONSE),
@@ -725,8 +805,11 @@ class Annotator:
         self.stats.completed += 1
         self._count(reply.prompt_tokens, reply.completion_tokens, cost)
         if reply.prompt_tokens:
-            chars = sum(len(m.get("content", "")) for m in request.messages)
-            self._tokens_per_char = max(self._tokens_per_char, reply.prompt_tokens / max(chars, 1))
+            # The text's share of the prompt: all of it without audio, else what the server says is not audio.
+            text_tokens = reply.prompt_tokens - reply.audio_prompt_tokens
+            if reply.audio_prompt_tokens or not audio_parts(request.messages):
+                chars = text_chars(request.messages)
+                self._tokens_per_char = max(self._tokens_per_char, text_tokens / max(chars, 1))
             self.pacer.tokens_per_request = reply.prompt_tokens + (request.max_tokens or 0)
         self._account(outcome, reply.prompt_tokens, reply.completion_tokens, cost)
         return StoredReply(reply.content, reply.prompt_tokens, reply.completion_tokens, cost,
@@ -781,8 +864,10 @@ class Annotator:
         price = price or self.price
         if self.config.max_cost is None or price is None:
             return 0.0
-        chars = sum(len(m.get("content", "")) for m in request.messages)
-        worst = price.cost(math.ceil(chars * self._tokens_per_char) + 16, request.max_tokens or 0)
+        chars = text_chars(request.messages)
+        audio = math.ceil(audio_seconds(request.messages) * (self.audio_tokens_per_second or 0))
+        prompt = math.ceil(chars * self._tokens_per_char) + 16 + audio
+        worst = price.cost(prompt, request.max_tokens or 0, audio)
         while True:
             if self.stats.stopped_by_budget:
                 raise _OutOfBudget
@@ -825,8 +910,11 @@ class Annotator:
         return delay * random.uniform(0.5, 1.0)
 
 
-def aggregate(utterance_id: str, outcomes: list[SampleOutcome]) -> dict[str, Any]:
-    """One output row from the samples of one utterance."""
+def aggregate(
+    utterance_id: str, outcomes: list[SampleOutcome], weights: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """One output row from the samples (or a panel's annotators) of one utterance. `weights[i]` is what answer i
+    counts for in the distribution, the majority and the agreement (default: 1 each)."""
     row: dict[str, Any] = {"id": utterance_id, **dict.fromkeys(ANSWER_FIELDS)}
     row["prompt_tokens"] = sum(o.prompt_tokens for o in outcomes)
     row["completion_tokens"] = sum(o.completion_tokens for o in outcomes)
@@ -835,7 +923,8 @@ def aggregate(utterance_id: str, outcomes: list[SampleOutcome]) -> dict[str, Any
     row.update(
         flags="", confidence=None, distribution=None, samples=0, agreement=None, error=None, raw_reply=None
     )
-    valid = [o for o in outcomes if o.status == "ok"]
+    weights = list(weights) if weights is not None else [1.0] * len(outcomes)
+    valid = [(o, w) for o, w in zip(outcomes, weights, strict=True) if o.status == "ok"]
     statuses = {o.status for o in outcomes}
     if "pending" in statuses:
         row["status"] = "pending"
@@ -849,16 +938,20 @@ def aggregate(utterance_id: str, outcomes: list[SampleOutcome]) -> dict[str, Any
         row.update(status="invalid", error=last.error, raw_reply=last.raw_reply, flags=";".join(last.flags))
         return row
 
-    labels = [o.answer["emotion"] for o in valid if o.answer]
-    counts = Counter(labels)
+    labels = [o.answer["emotion"] for o, _ in valid if o.answer]
+    counts: defaultdict[str, float] = defaultdict(float)
+    for o, weight in valid:
+        if o.answer:
+            counts[o.answer["emotion"]] += weight
+    total = sum(counts.values())
     # Ties go to the label answered first, so the result does not depend on dictionary order.
     majority = max(counts, key=lambda label: (counts[label], -labels.index(label)))
-    chosen = next(o for o in valid if o.answer and o.answer["emotion"] == majority)
-    agreement = counts[majority] / len(valid)
+    chosen = next(o for o, _ in valid if o.answer and o.answer["emotion"] == majority)
+    agreement = counts[majority] / total if total > 0 else None
     flags = list(chosen.flags)
     if len(valid) < len(outcomes):
         flags.append(f"invalid_samples:{len(outcomes) - len(valid)}")
-    confidences = [o.confidence[majority] for o in valid if o.confidence and majority in o.confidence]
+    confidences = [o.confidence[majority] for o, _ in valid if o.confidence and majority in o.confidence]
     if confidences:
         confidence: float | None = sum(confidences) / len(confidences)
     else:
@@ -868,7 +961,9 @@ def aggregate(utterance_id: str, outcomes: list[SampleOutcome]) -> dict[str, Any
         status="ok",
         flags=";".join(dict.fromkeys(flags)),
         confidence=confidence,
-        distribution=json.dumps({label: counts[label] / len(valid) for label in sorted(counts)}),
+        distribution=json.dumps({label: counts[label] / total for label in sorted(counts)})
+        if total > 0
+        else None,
         samples=len(valid),
         agreement=agreement,
     )

@@ -28,7 +28,12 @@ from melt.errors import MeltError
 LOCK_NAME = "run.lock"
 IDENTITY_META = "identity"
 #: Temporary files a run writes before renaming them into place; any found under the lock are stale.
-TEMPORARY_PATTERNS = (".annotations.parquet.*.tmp", ".annotations.csv.*.tmp", ".run.json.*.tmp")
+TEMPORARY_PATTERNS = (
+    ".annotations.parquet.*.tmp",
+    ".annotations.csv.*.tmp",
+    ".votes.parquet.*.tmp",
+    ".run.json.*.tmp",
+)
 
 
 class RunLock:
@@ -115,16 +120,21 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the replies of a run (an `AnnotateConfig`, its `PromptConfig`, the backend's
     `identity()`). Settings that only decide how many are asked, how fast, or at what cost are left out
-    (samples, limit, concurrency, timeouts, retries, the budget)."""
-    from melt.prompts import BUILTIN_TEMPLATES
+    (samples, limit, concurrency, timeouts, retries, the budget; a panel's size and weights). A panel's personas
+    and temperatures and the audio settings are in it only when the run has them, so the identity of a plain
+    run is what it always was."""
+    from melt.annotate.audio import audio_settings
+    from melt.annotate.panel import panel_of
+    from melt.prompts import BUILTIN_TEMPLATES, PANEL_TEMPLATES
 
-    return {
+    builtin = prompt.template in BUILTIN_TEMPLATES + PANEL_TEMPLATES
+    identity = {
         "backend": dict(backend_identity),
         # A template file by its name, not its path: the same file given another way is the same prompt (its
         # content is in the hash below).
-        "prompt": config.prompt if config.prompt in BUILTIN_TEMPLATES else Path(config.prompt).name,
+        "prompt": prompt.template if builtin else Path(prompt.template).name,
         "prompt_hash": prompt.template_hash(),
-        "schema": config.schema_kind,
+        "schema": prompt.schema_kind,
         "labels": list(config.labels.labels),
         "context_turns": config.context_turns,
         "temperature": config.temperature,
@@ -135,6 +145,13 @@ def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) 
         "response_format": config.response_format,
         "repair": config.repair,
     }
+    panel = panel_of(config)
+    if panel is not None:
+        identity["panel"] = panel.identity()
+    audio = audio_settings(config)
+    if audio is not None:
+        identity["audio"] = audio
+    return identity
 
 
 def _flatten(identity: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +170,11 @@ _SETTING_NAMES = {"base_url": "base_url (--base-url)", "model": "model (--model)
                   "prompt": "prompt (--prompt)", "prompt_hash": "prompt template (its text, labels or synonyms)",
                   "schema": "schema (--schema)", "context_turns": "context_turns (--context-turns)",
                   "temperature": "temperature (--temperature)", "max_tokens": "max_tokens (--max-tokens)",
-                  "seed": "seed (--seed)", "logprobs": "logprobs (--no-logprobs)"}  # fmt: skip
+                  "seed": "seed (--seed)", "logprobs": "logprobs (--no-logprobs)",
+                  "panel": "panel (--panel)", "panel_personas": "the panel's personas (--panel)",
+                  "panel_temperatures": "the panel's temperatures (--panel)",
+                  "audio_max_seconds": "audio length (--max-audio-seconds)", "audio_long": "--long-audio",
+                  "audio_sample_rate": "audio sample rate"}  # fmt: skip
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

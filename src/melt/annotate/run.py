@@ -1,5 +1,5 @@
-"""`run_annotation`: a corpus table in, `annotations.parquet`/`.csv` and `run.json` out; `estimate_run` for
---dry-run. The Python API behind `melt annotate`."""
+"""`run_annotation`: a corpus table in, `annotations.parquet`/`.csv` and `run.json` out (and `votes.parquet`
+for a panel); `estimate_run` for --dry-run. The Python API behind `melt annotate`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from melt import __version__
+from melt.annotate.audio import AudioCheck, attach_audio, audio_plan, probe_clip
 from melt.annotate.batch import (
     BatchRecord,
     BatchReport,
@@ -42,7 +43,9 @@ from melt.annotate.engine import (
     aggregate,
     backend_identity,
     chat_request,
+    request_variants,
     stored_key,
+    variant_messages,
 )
 from melt.annotate.folder import (
     IDENTITY_META,
@@ -52,13 +55,14 @@ from melt.annotate.folder import (
     folder_identity,
     remove_stale_temporaries,
 )
+from melt.annotate.panel import off_set_labels, panel_of, panel_prompt, panel_report, votes_table
 from melt.annotate.store import STORE_NAME, RequestStore
 from melt.corpus.schema import conform, read_any, require_columns
 from melt.errors import MeltError
 from melt.llm import choose_backend, make_backend
-from melt.llm.base import Backend
+from melt.llm.base import Backend, audio_seconds, text_chars
 from melt.llm.openai import OpenAIBackend
-from melt.llm.pricing import Price, price_of
+from melt.llm.pricing import AudioRate, Price, audio_rate_of, price_of
 from melt.outputs import check_output_folder, write_together
 from melt.prompts import PromptConfig, build_messages, response_format
 
@@ -104,6 +108,11 @@ class RunResult:
     identity: dict[str, Any] | None = None
     #: the folder's batches and what this invocation did with them (run.json's "batch"); None without any
     batch: dict[str, Any] | None = None
+    #: a panel's votes (RUN_DIR/votes.parquet) and what run.json says about the panel (Fleiss' κ, ...)
+    votes: pd.DataFrame | None = None
+    panel: dict[str, Any] | None = None
+    #: with --audio: what was sent and what the server probe found
+    audio: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
@@ -135,48 +144,69 @@ class CostEstimate:
     in_batches: int = 0
     #: priced at the Batch API's price
     batch: bool = False
+    #: requests per utterance (--samples, or a panel's annotators)
+    per_utterance: int = 1
+    #: with --audio: seconds of audio in the requests to send, their tokens (None: the model's rate is unknown)
+    audio_seconds: float = 0.0
+    audio_tokens: int | None = 0
+    audio_rate: AudioRate | None = None
 
 
 def prompt_config(config: AnnotateConfig) -> PromptConfig:
+    """The prompt of a run: `--prompt` and `--schema`, or a panel's template asking for one label."""
+    panel = panel_of(config)
+    if panel is not None:
+        return panel_prompt(config, panel)
     return PromptConfig(
         template=config.prompt,
         schema_kind=config.schema_kind,
         labels=config.labels,
         context_turns=config.context_turns,
+        audio=config.audio,
     )
+
+
+def _required_columns(prompt: PromptConfig) -> list[str]:
+    return ["id", *prompt.required_columns(), *(["audio"] if prompt.audio else [])]
 
 
 def load_corpus(path: str | Path, prompt: PromptConfig) -> pd.DataFrame:
     """The corpus table, checked for the columns the prompt reads before any default column is added."""
     raw = read_any(path)
-    require_columns(
-        raw, ["id", *prompt.required_columns()], source=path, purpose=f"prompt template {prompt.template!r}"
-    )
+    require_columns(raw, _required_columns(prompt), source=path, purpose=_purpose(prompt))
     return conform(raw, source=path)
+
+
+def _purpose(prompt: PromptConfig) -> str:
+    return f"prompt template {prompt.template!r}" + (" with --audio" if prompt.audio else "")
 
 
 def prepare(
     table: pd.DataFrame, config: AnnotateConfig, prompt: PromptConfig, *, source: str | Path
 ) -> list[Utterance]:
-    """Every utterance to annotate with its messages; all input errors surface here, before any request."""
-    require_columns(
-        table,
-        ["id", *prompt.required_columns()],
-        source=source,
-        purpose=f"prompt template {prompt.template!r}",
-    )
+    """Every utterance to annotate with its messages (with --audio, the audio after the text); all input errors
+    surface here, before any request."""
+    require_columns(table, _required_columns(prompt), source=source, purpose=_purpose(prompt))
+    if config.panel is None and "focus" in prompt.load().placeholders():
+        raise MeltError(
+            "{focus} is the focus instruction of a panel's annotator: a template with it needs --panel",
+            file=prompt.load().source,
+        )
     selected = table.head(config.limit) if config.limit else table
     # The whole table is the context source, so --limit does not cut the dialogue lines before an utterance.
     messages = build_messages(selected, prompt, source=source, context_table=table)
     speakers = (
         selected["speaker"] if "speaker" in selected.columns else pd.Series(pd.NA, index=selected.index)
     )
-    return [
+    utterances = [
         Utterance(
             id=str(uid), speaker=None if pd.isna(speaker) else str(speaker), messages=messages[str(uid)]
         )
         for uid, speaker in zip(selected["id"], speakers, strict=True)
     ]
+    if config.audio:
+        attach_audio(utterances, selected, config, source=source)
+    return utterances
 
 
 def _price(config: AnnotateConfig, model: str, *, free: bool, batch: bool = False) -> Price | None:
@@ -192,6 +222,16 @@ def _price(config: AnnotateConfig, model: str, *, free: bool, batch: bool = Fals
             f"--max-cost needs the price of model {model!r}, which is not in the price table; "
             f"add it to the config file as prices: {{{model}: {{input: USD_PER_M, output: USD_PER_M}}}}"
         )
+    if (
+        config.max_cost is not None
+        and config.audio
+        and not free
+        and audio_rate_of(model, config.audio_token_rates) is None
+    ):
+        raise MeltError(
+            f"--max-cost with --audio needs the audio tokens per second of model {model!r}, which are not in the "
+            f"table; add them to the config file as audio_token_rates: {{{model}: TOKENS_PER_SECOND}}"
+        )
     return price
 
 
@@ -200,6 +240,14 @@ def _check_batch_backend(config: AnnotateConfig) -> None:
         raise MeltError(
             "--batch needs an OpenAI-compatible server with the Batch API: an API key in "
             f"${config.api_key_env} (OpenAI), or --base-url; a local model has no Batch API"
+        )
+
+
+def _check_audio_backend(config: AnnotateConfig, kind: str) -> None:
+    if config.audio and kind == "local":
+        raise MeltError(
+            "--audio needs a server with an audio-language model (--base-url URL --model NAME): the local "
+            "llama.cpp models take text only. Without --audio a panel runs on the transcripts with any chat model"
         )
 
 
@@ -232,11 +280,14 @@ def run_annotation(
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
     source = corpus_path or "<table>"
+    if backend is None:
+        _check_audio_backend(config, choose_backend(config).kind)
     utterances = prepare(table, config, prompt, source=source)
     with RunLock(out_dir):
         remove_stale_temporaries(out_dir)
         if backend is None:
             backend = make_backend(config)
+        _check_audio_backend(config, backend.name)
         result = _run_to_completion(
             _run(utterances, config, prompt, backend, out_dir, corpus_path, progress, force_reuse)
         )
@@ -279,7 +330,18 @@ async def _run(
                 file=out_dir,
             )
         replaced = claim_folder(store, identity, force=force_reuse)
-        annotator = Annotator(config, prompt, backend, store, price)
+        audio_check = None
+        if config.audio:
+            clip = probe_clip(utterances)
+            audio_check = AudioCheck(clip, allow_ignored=config.allow_ignored_audio) if clip else None
+        rate = audio_rate_of(backend.model, config.audio_token_rates)
+        annotator = Annotator(
+            config, prompt, backend, store, price,
+            audio_tokens_per_second=rate.tokens_per_second if rate else None,
+            server_checks=[audio_check] if audio_check else [],
+        )  # fmt: skip
+        if audio_check is not None:
+            audio_check.recall(store, annotator.identity)
         session = None
         if config.batch or any(r.live for r in records):
             batch_price = (
@@ -306,11 +368,22 @@ async def _run(
             annotator.stats.elapsed_s = time.perf_counter() - clock
             if isinstance(annotator.fatal, MeltError) and store.failure is annotator.fatal:
                 raise annotator.fatal  # a full disk: the tables could not be written either
-            rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
+            weights = [variant.weight for variant in annotator.variants]
+            rows = [aggregate(u.id, outcomes[u.id], weights) for u in utterances]
             annotations = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype(_DTYPES)
             for column in OUTPUT_COLUMNS:
                 if column not in _DTYPES:
                     annotations[column] = annotations[column].astype("string")
+            votes = panel_summary = None
+            panel = panel_of(config)
+            if panel is not None:
+                votes = votes_table([u.id for u in utterances], outcomes, panel)
+                off_set = off_set_labels(outcomes.values())
+                panel_summary = panel_report(votes, panel, list(config.labels.labels), off_set)
+            audio = None
+            if config.audio:
+                audio = audio_plan(utterances, config).to_json()
+                audio["check"] = audio_check.result if audio_check else {"status": "not done (no audio)"}
             result = RunResult(
                 out_dir=out_dir,
                 annotations=annotations,
@@ -321,6 +394,9 @@ async def _run(
                 model=backend.model,
                 identity=identity,
                 batch=batch_summary(store, config, session.report if session else None),
+                votes=votes,
+                panel=panel_summary,
+                audio=audio,
             )
             _write_outputs(result, config, prompt, corpus_path, started, replaced)
         if annotator.fatal is not None:
@@ -394,7 +470,7 @@ async def _with_progress(annotator: Annotator, utterances: list[Utterance], conf
         TextColumn("{task.fields[status]}"),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("annotate", total=len(utterances) * config.samples, status="")
+        task = bar.add_task("annotate", total=len(utterances) * len(annotator.variants), status="")
 
         def done(stats: RunStats) -> None:
             cost = f"${stats.cost_usd:.4f}" if stats.cost_usd is not None else "cost unknown"
@@ -441,17 +517,23 @@ def _write_outputs(
     }
     if result.batch is not None:
         payload["batch"] = result.batch
+    if result.panel is not None:
+        payload["panel"] = result.panel
+    if result.audio is not None:
+        payload["audio"] = result.audio
     if replaced_identity is not None:
         payload["reused_folder_of"] = replaced_identity
     text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
     table = result.annotations
-    write_together(
-        {
-            result.out_dir / "annotations.parquet": lambda tmp: table.to_parquet(tmp, index=False),
-            result.out_dir / "annotations.csv": lambda tmp: table.to_csv(tmp, index=False),
-            result.out_dir / "run.json": lambda tmp: tmp.write_text(text, encoding="utf-8"),
-        }
-    )
+    writers = {
+        result.out_dir / "annotations.parquet": lambda tmp: table.to_parquet(tmp, index=False),
+        result.out_dir / "annotations.csv": lambda tmp: table.to_csv(tmp, index=False),
+    }
+    votes = result.votes
+    if votes is not None:
+        writers[result.out_dir / "votes.parquet"] = lambda tmp: votes.to_parquet(tmp, index=False)
+    writers[result.out_dir / "run.json"] = lambda tmp: tmp.write_text(text, encoding="utf-8")
+    write_together(writers)
 
 
 def cancel_batches(
@@ -512,15 +594,22 @@ def estimate_run(
     included: they depend on the replies. A folder of another configuration is refused as the run would refuse
     it (unless `force_reuse`), so the estimate is never that of a run that cannot happen. Requests inside
     batches in progress are not counted (they are not sent again); with `config.batch` the cost is at the
-    Batch API's price."""
+    Batch API's price.
+
+    With --audio, the audio's prompt tokens are the seconds sent times the model's audio token rate
+    (`melt.llm.pricing.AUDIO_TOKEN_RATES`, or `audio_token_rates` in the config); unknown (None, and so the
+    cost) for a model without a rate."""
     prompt = prompt_config(config)
     _check_batch_backend(config)
+    choice = choose_backend(config)
+    _check_audio_backend(config, choice.kind)
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
     utterances = prepare(table, config, prompt, source=corpus_path or "<table>")
-    choice = choose_backend(config)
+    variants = request_variants(config, prompt)
     model = model or choice.recorded_model
+    rate = audio_rate_of(model, config.audio_token_rates) if config.audio else None
     store_path = Path(out_dir) / STORE_NAME if out_dir is not None else None
     store = RequestStore(store_path) if store_path is not None and store_path.exists() else None
     try:
@@ -534,14 +623,15 @@ def estimate_run(
         # A request counts as done if the store has it at any answer format: the run may have fallen back.
         schema_format = response_format(prompt)
         requests = cached = held = prompt_tokens = 0
+        seconds = 0.0
         for utterance in utterances:
-            chars = sum(len(m["content"]) for m in utterance.messages)
-            for sample in range(config.samples):
+            for sample, variant in enumerate(variants):
+                messages = variant_messages(utterance.messages, variant)
                 requests += 1
                 keys = [
-                    stored_key(
-                        model, chat_request(config, schema_format, utterance.messages, sample, level), sample
-                    )[0]
+                    stored_key(model, chat_request(config, schema_format, messages, variant, level), sample)[
+                        0
+                    ]
                     for level in RESPONSE_FORMATS
                 ]
                 if store is not None and any(store.has(key) for key in keys):
@@ -550,7 +640,8 @@ def estimate_run(
                 if any(key in in_batches for key in keys):
                     held += 1
                     continue
-                prompt_tokens += math.ceil(chars / CHARS_PER_TOKEN) + 4 * len(utterance.messages)
+                prompt_tokens += math.ceil(text_chars(messages) / CHARS_PER_TOKEN) + 4 * len(messages)
+                seconds += audio_seconds(messages)
     finally:
         if store is not None:
             store.close()
@@ -558,18 +649,28 @@ def estimate_run(
     completion = round(typical * to_send)
     completion_max = config.max_tokens * to_send
     price = Price(input=0, output=0) if choice.free else price_of(model, config.prices, batch=config.batch)
+    audio_tokens: int | None = 0
+    if seconds:
+        audio_tokens = math.ceil(seconds * rate.tokens_per_second) if rate else None
+    known = price is not None and audio_tokens is not None
     return CostEstimate(
         utterances=len(utterances),
         requests=requests,
         cached=cached,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=prompt_tokens + (audio_tokens or 0),
         completion_tokens=completion,
         completion_tokens_max=completion_max,
-        cost_usd=price.cost(prompt_tokens, completion) if price else None,
-        cost_usd_max=price.cost(prompt_tokens, completion_max) if price else None,
+        cost_usd=price.cost(prompt_tokens + audio_tokens, completion, audio_tokens) if known else None,
+        cost_usd_max=price.cost(prompt_tokens + audio_tokens, completion_max, audio_tokens)
+        if known
+        else None,
         model=model,
         in_batches=held,
         batch=config.batch,
+        per_utterance=len(variants),
+        audio_seconds=seconds,
+        audio_tokens=audio_tokens,
+        audio_rate=rate,
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from melt.errors import MeltError
+from melt.llm.base import stored_form
 from melt.llm.openai import MalformedReply, parse_completion
 
 STORE_NAME = "requests.sqlite"
@@ -89,8 +90,9 @@ CREATE INDEX IF NOT EXISTS batch_requests_by_key ON batch_requests (key);
 
 def request_key(model: str, request: dict[str, Any], sample: int) -> tuple[str, str]:
     """(key, canonical request JSON). The key covers everything that decides the reply: the model, the
-    messages, every parameter and the sample index (so N samples of one prompt are N distinct requests)."""
-    text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    messages, every parameter and the sample index (so N samples of one prompt, or N annotators of a panel, are
+    N distinct requests). Audio parts are in it as their sha256 and segment (`AudioPart.stored`), not their data."""
+    text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=stored_form)
     digest = hashlib.sha256(f"{model}\n{sample}\n{text}".encode()).hexdigest()
     return digest, text
 

@@ -141,6 +141,10 @@ def validate_reply(text: str | None, config: PromptConfig, speaker: str | None) 
     if text is None or not text.strip():
         return Validation(False, None, "the reply is empty", [])
     objects, unclosed = json_objects(text)
+    if not objects and config.schema_kind == "label":
+        bare = _bare_label(text, config)
+        if bare is not None:
+            return bare
     if not objects:
         error = (
             "the JSON answer is incomplete (cut off before its closing brace)"
@@ -165,10 +169,26 @@ def validate_reply(text: str | None, config: PromptConfig, speaker: str | None) 
         return Validation(False, None, f"the JSON answer does not match the required structure: {error}", [])
 
     data = parsed.model_dump()
-    elements = data.pop("elements")
+    elements = data.pop("elements", {})  # the label schema has the emotion alone, at the top
     answer = {key: str(value).strip() for key, value in {**data, **elements}.items()}
     flags = ["json_repaired"] if repaired else []
+    return _judge_label(answer, config, speaker, flags)
 
+
+def _bare_label(text: str, config: PromptConfig) -> Validation | None:
+    """A reply that is one label and nothing else (`Anger`, `"sadness".`), as servers without a JSON answer
+    format give it to the label schema: read as that label. Anything longer is not guessed at."""
+    word = text.strip().strip("\"'`*.").strip()
+    if not word or len(word.split()) > 3 or config.labels.normalize(word) is None:
+        return None
+    judged = _judge_label({"emotion": word}, config, None, ["bare_label"])
+    return judged if judged.ok else None
+
+
+def _judge_label(
+    answer: dict[str, str], config: PromptConfig, speaker: str | None, flags: list[str]
+) -> Validation:
+    """The answer with its emotion normalised to the label set, never guessed; the character cross-checked."""
     raw = answer["emotion"]
     label = config.labels.normalize(raw)
     allowed = ", ".join(prompt_labels(config.labels))
@@ -182,7 +202,12 @@ def validate_reply(text: str | None, config: PromptConfig, speaker: str | None) 
     if label != _clean(raw):
         flags.append("label_synonym")
 
-    if speaker is not None and str(speaker).strip() and not same_character(answer["character"], str(speaker)):
+    if (
+        "character" in answer
+        and speaker is not None
+        and str(speaker).strip()
+        and not same_character(answer["character"], str(speaker))
+    ):
         flags.append("character_mismatch")
     return Validation(True, answer, None, flags)
 

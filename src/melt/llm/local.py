@@ -33,6 +33,7 @@ from melt.llm.base import (
     RequestFailed,
     ResponseFormatRejected,
     RetryableError,
+    audio_parts,
 )
 from melt.llm.model_assets import bundled_model_path, cached_sha256, check_gguf
 
@@ -148,6 +149,11 @@ class LocalBackend:
             return self._complete(request)
 
     def _complete(self, request: ChatRequest) -> ChatReply:
+        if audio_parts(request.messages):
+            raise BackendError(
+                f"{self.model} is a text model run by llama.cpp and cannot take audio: --audio needs a server "
+                "with an audio-language model (--base-url)"
+            )
         messages = [dict(m) for m in request.messages]
         llm = self._ensure_loaded(DEFAULT_N_CTX if self.fixed_n_ctx is None else self.fixed_n_ctx)
         prompt_tokens = self._count_prompt_tokens(llm, messages)

@@ -41,6 +41,7 @@ from melt.llm.base import (
     RequestFailed,
     ResponseFormatRejected,
     RetryableError,
+    wire_messages,
 )
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -275,7 +276,7 @@ class OpenAIBackend:
     # -- requests ------------------------------------------------------------------------------------------------
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": list(request.messages)}
+        body: dict[str, Any] = {"model": self.model, "messages": wire_messages(request.messages)}
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.max_tokens is not None:
@@ -496,6 +497,7 @@ class OpenAIBackend:
             raise RetryableError("malformed reply: the body is not JSON (cut short?)") from exc
         content, finish_reason, logprobs = parse_completion(data)
         prompt_tokens, completion_tokens = parse_usage(data)
+        audio_tokens = parse_audio_tokens(data)
         return ChatReply(
             content=content,
             prompt_tokens=prompt_tokens,
@@ -505,6 +507,7 @@ class OpenAIBackend:
             # The server's own JSON, so the engine can store the reply as received instead of re-encoding it.
             extra={RAW_RESPONSE: text},
             rate_limits=_rate_limits(response.headers),
+            audio_prompt_tokens=min(audio_tokens, prompt_tokens),
         )
 
     def _error_text(self, response: _Response) -> str:
@@ -594,6 +597,20 @@ def parse_usage(data: dict[str, Any]) -> tuple[int, int]:
             raise MalformedReply(f"malformed reply: usage.{name} is not a count of tokens ({value!r})")
         counts.append(int(value))
     return counts[0], counts[1]
+
+
+def parse_audio_tokens(data: dict[str, Any]) -> int:
+    """Prompt tokens the server counted as audio (OpenAI: `usage.prompt_tokens_details.audio_tokens`); 0 when it
+    does not say, or says something that is not a count."""
+    details = (
+        (data.get("usage") or {}).get("prompt_tokens_details")
+        if isinstance(data.get("usage"), dict)
+        else None
+    )
+    value = details.get("audio_tokens") if isinstance(details, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
 
 
 # -- transport ---------------------------------------------------------------------------------------------------

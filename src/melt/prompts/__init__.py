@@ -6,16 +6,18 @@ See docs/prompts.md.
 from melt.prompts.answer import answer_model, json_structure, response_format
 from melt.prompts.config import (
     BUILTIN_TEMPLATES,
+    PANEL_TEMPLATES,
     PromptConfig,
     Template,
     load_label_set,
     load_template,
     prompt_labels,
 )
-from melt.prompts.render import build_messages, repair_messages
+from melt.prompts.render import build_messages, repair_messages, system_message
 
 __all__ = [
     "BUILTIN_TEMPLATES",
+    "PANEL_TEMPLATES",
     "PromptConfig",
     "Template",
     "answer_model",
@@ -26,4 +28,5 @@ __all__ = [
     "prompt_labels",
     "repair_messages",
     "response_format",
+    "system_message",
 ]

@@ -39,9 +39,17 @@ _STRUCTURED_STRUCTURE = """\
 }"""
 
 
+_LABEL_STRUCTURE = """\
+{
+  "emotion": "[One label from the list]"
+}"""
+
+
 def json_structure(schema_kind: str) -> str:
     """The JSON structure block shown in the prompt (the paper's, word for word, for "paper")."""
-    return _PAPER_STRUCTURE if schema_kind == "paper" else _STRUCTURED_STRUCTURE
+    return {"paper": _PAPER_STRUCTURE, "structured": _STRUCTURED_STRUCTURE, "label": _LABEL_STRUCTURE}[
+        schema_kind
+    ]
 
 
 def _lower(value: object) -> object:
@@ -66,6 +74,8 @@ def _answer_model(schema_kind: str, labels: tuple[str, ...]) -> type[BaseModel]:
     # The emotion accepts any text so that synonyms reach LabelSet.normalize in validation (and an off-label
     # answer is reported by name); only the JSON schema sent to the API restricts it to the label set.
     emotion = Annotated[str, WithJsonSchema({"type": "string", "enum": list(labels)})]
+    if schema_kind == "label":
+        return create_model("LabelAnswer", __base__=_Answer, emotion=(emotion, ...))
     level: Any = Level if schema_kind == "structured" else str
     elements = create_model(
         "Elements",

@@ -24,8 +24,11 @@ from melt.corpus.labels import MELT_LABEL_SET, MELT_LABELS, LabelSet
 from melt.errors import MeltError
 
 BUILTIN_TEMPLATES: tuple[str, ...] = ("melt", "dialogue", "cot")
+#: Built-in templates for annotator panels (`--panel`): one label per annotator, with the annotator's focus.
+PANEL_TEMPLATES: tuple[str, ...] = ("panel",)
 
-#: placeholder -> corpus columns it reads. `labels` and `json_structure` come from the configuration.
+#: placeholder -> corpus columns it reads. `labels`, `json_structure` and `evidence` come from the configuration,
+#: `focus` from a panel's annotator.
 PLACEHOLDER_COLUMNS: dict[str, tuple[str, ...]] = {
     "speaker": ("speaker",),
     "season": ("season",),
@@ -34,6 +37,14 @@ PLACEHOLDER_COLUMNS: dict[str, tuple[str, ...]] = {
     "context": ("split", "dialogue_id", "utterance_id", "speaker", "text"),
     "labels": (),
     "json_structure": (),
+    "evidence": (),
+    "focus": (),
+}
+
+#: `{evidence}`: what the model is given, with and without the recording (`PromptConfig.audio`).
+EVIDENCE = {
+    True: "the recording of the line (the attached audio), its transcript and who speaks it",
+    False: "the transcript of the line and who speaks it; there is no recording, so judge from the words alone",
 }
 
 #: The paper lists the labels in this order; other label sets keep their own order.
@@ -62,7 +73,7 @@ def substitute(text: str, values: dict[str, str]) -> str:
 
 def load_template(template: str) -> Template:
     """A built-in template by name, or a user template file (.yaml/.yml: system + user; other: user)."""
-    if template in BUILTIN_TEMPLATES:
+    if template in BUILTIN_TEMPLATES + PANEL_TEMPLATES:
         return _load_builtin(template)
     path = Path(template)
     if not path.is_file():
@@ -88,7 +99,7 @@ def _load_file(template: str, resolved: str, mtime_ns: int, size: int) -> Templa
     return _check(Template(system=None, user=text.strip("\n"), free_text=False, source=str(path)))
 
 
-@lru_cache(maxsize=len(BUILTIN_TEMPLATES))
+@lru_cache(maxsize=len(BUILTIN_TEMPLATES + PANEL_TEMPLATES))
 def _load_builtin(name: str) -> Template:
     resource = resources.files("melt.prompts").joinpath("templates", f"{name}.yaml")
     return _parse_yaml(resource.read_text(encoding="utf-8"), source=f"<built-in template {name}>")
@@ -139,12 +150,15 @@ def prompt_labels(labels: LabelSet) -> list[str]:
 class PromptConfig(BaseModel):
     """What is sent to the model for each utterance, and what its answer must look like."""
 
-    #: "melt" | "dialogue" | "cot" | a path to a user template file
+    #: "melt" | "dialogue" | "cot" | "panel" | a path to a user template file
     template: str = "melt"
-    schema_kind: Literal["paper", "structured"] = "paper"
+    #: paper / structured: the MELT answer (character, context, emotion, voice); label: the emotion alone
+    schema_kind: Literal["paper", "structured", "label"] = "paper"
     labels: LabelSet = Field(default_factory=lambda: MELT_LABEL_SET.model_copy(deep=True))
     #: for templates using {context}: how many preceding utterances of the same dialogue to show
     context_turns: int = Field(default=5, ge=0)
+    #: the utterance's recording goes with the request (what {evidence} says)
+    audio: bool = False
 
     @model_validator(mode="after")
     def _load(self) -> PromptConfig:
@@ -181,6 +195,8 @@ class PromptConfig(BaseModel):
             "synonyms": sorted(self.labels.synonyms.items()),
             "context_turns": self.context_turns if uses_context else None,
         }
+        if "evidence" in template.placeholders():
+            payload["evidence"] = EVIDENCE[self.audio]
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from melt.corpus.schema import check_ids
 from melt.errors import MeltError
 from melt.prompts.answer import json_structure
-from melt.prompts.config import PromptConfig, prompt_labels, substitute
+from melt.prompts.config import EVIDENCE, PromptConfig, prompt_labels, substitute
 
 
 def quote(text: str) -> str:
@@ -84,6 +84,26 @@ def _context_index(
     return index
 
 
+def fixed_values(config: PromptConfig, focus: str = "") -> dict[str, str]:
+    """The placeholders that are the same for every utterance. `focus` is a panel annotator's instruction
+    (empty outside panels, whose annotators each get their own system message from `system_message`)."""
+    return {
+        "labels": ", ".join(prompt_labels(config.labels)),
+        "json_structure": json_structure(config.schema_kind),
+        "evidence": EVIDENCE[config.audio],
+        "focus": focus,
+    }
+
+
+def system_message(config: PromptConfig, focus: str) -> str | None:
+    """The template's system message with `focus` as the annotator's instruction (None without one). Only the
+    placeholders that do not read the corpus may be in it, so it is the same for every utterance."""
+    template = config.load()
+    if template.system is None:
+        return None
+    return substitute(template.system, fixed_values(config, focus))
+
+
 def build_messages(
     table: pd.DataFrame,
     config: PromptConfig,
@@ -107,10 +127,7 @@ def build_messages(
             file=source,
         )
     check_ids(table, source=source)
-    fixed = {
-        "labels": ", ".join(prompt_labels(config.labels)),
-        "json_structure": json_structure(config.schema_kind),
-    }
+    fixed = fixed_values(config)
     index = None
     if "context" in names:
         context_source = table if context_table is None else context_table

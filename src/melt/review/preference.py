@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from melt import __version__
+from melt.agreement import fleiss_kappa, items_with_pairs, rating_counts
 from melt.corpus.labels import MELT_LABELS
 from melt.corpus.schema import atomic_write, write_table
 from melt.errors import MeltError
 from melt.review.results import read_results
-from melt.review.stats import binomial_test_half, fleiss_kappa, pairwise_agreement, wilson_interval
+from melt.review.stats import binomial_test_half, pairwise_agreement, wilson_interval
 
 OVERALL = "overall"
 CONFIDENCE = 0.95
@@ -105,7 +106,8 @@ def analyse(results: str | Path) -> PreferenceReport:
     participants = pd.DataFrame(people).sort_values("number").reset_index(drop=True)
 
     ratings = [list(part["choice"]) for _, part in joined.groupby("item")]
-    kappa, kappa_items = fleiss_kappa(ratings)
+    counts = rating_counts(ratings)
+    kappa, kappa_items = fleiss_kappa(counts), items_with_pairs(counts)
     pairwise, pairs = pairwise_agreement(ratings)
     agreement = {
         "fleiss_kappa": kappa,

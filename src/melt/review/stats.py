@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 from statistics import NormalDist
@@ -32,30 +31,6 @@ def binomial_test_half(successes: int, n: int) -> float:
         tail += term
         term = term * (n - i) // (i + 1)
     return min(1.0, 2 * tail / 2**n)
-
-
-def fleiss_kappa(ratings: Iterable[Sequence[str]]) -> tuple[float, int]:
-    """Fleiss' κ over items rated by at least two raters, allowing a different number of raters per item:
-    P_i = (Σ_j n_ij² − n_i) / (n_i (n_i − 1)), P̄ = mean P_i, p_j = Σ_i n_ij / Σ_i n_i, P_e = Σ_j p_j²,
-    κ = (P̄ − P_e) / (1 − P_e). With equal n_i this is Fleiss (1971). Returns (κ, items used); nan when no
-    item has two ratings or every rating is the same category."""
-    items = [Counter(r) for r in ratings if len(r) >= 2]
-    if not items:
-        return float("nan"), 0
-    agreement = [
-        (sum(c * c for c in counts.values()) - sum(counts.values()))
-        / (sum(counts.values()) * (sum(counts.values()) - 1))
-        for counts in items
-    ]
-    observed = sum(agreement) / len(agreement)
-    totals: Counter[str] = Counter()
-    for counts in items:
-        totals.update(counts)
-    grand = sum(totals.values())
-    expected = sum((n / grand) ** 2 for n in totals.values())
-    if expected >= 1:
-        return float("nan"), len(items)
-    return (observed - expected) / (1 - expected), len(items)
 
 
 def pairwise_agreement(ratings: Iterable[Sequence[str]]) -> tuple[float, int]:
