@@ -7,9 +7,11 @@ one line on standard error and exit status 2, so users never see a traceback for
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
 from melt import __version__
 from melt.acoustics.cli import acoustics_app, audio_app
@@ -19,19 +21,28 @@ from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
 from melt.demo import demo_command
 from melt.errors import MeltError
+from melt.provenance import running_command
 from melt.review.cli import preference_app, review_app
 from melt.ser.cli import ser_app
+from melt.terminal import command_group, console
 
-app = typer.Typer(
+
+class _MeltCommand(TyperGroup):
+    """The `melt` group: while a command runs, its outputs record the command line as their provenance."""
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **options: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not rest:  # "melt" in usage lines, also when run as `python -m melt`
+            options.setdefault("prog_name", "melt")
+        with running_command(["melt", *argv]):
+            return super().main(args, *rest, **options)
+
+
+app = command_group(
+    "Annotate speech-emotion corpora with language models, and check the labels against human labels and "
+    "against the audio.",
     name="melt",
-    help=(
-        "Annotate speech-emotion corpora with language models, and check the labels against human labels "
-        "and against the audio."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    cls=_MeltCommand,
 )
 
 
@@ -81,9 +92,7 @@ def _error(message: str) -> None:
     from rich.text import Text
 
     # As text, not markup: a message quoting "[...]" from a file must come out as it is.
-    Console(stderr=True, highlight=False).print(
-        Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True
-    )
+    console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     sys.exit(2)
 
 

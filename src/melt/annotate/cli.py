@@ -3,67 +3,89 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from melt import terminal
+
 EXIT_INCOMPLETE = 3
+#: The server model asked for when none is given (`melt.annotate.config.DEFAULT_SERVER_MODEL`, not imported
+#: here so that `melt --help` does not load pydantic; tests/test_cli_help.py checks they agree).
+DEFAULT_SERVER_MODEL = "gpt-4o-2024-08-06"
 
 
 def annotate_command(
+    context: typer.Context,
     corpus: Path = typer.Argument(..., help="Corpus table (.parquet or .csv) with one utterance per row."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: request store, annotations, run.json."),
     config_file: Path | None = typer.Option(
-        None, "--config", help="YAML file of settings; flags override it."
+        None, "--config", help="YAML file of settings; flags override it.", show_default="none"
     ),
     base_url: str | None = typer.Option(
         None,
         "--base-url",
-        help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Without it: OpenAI if the API key is "
-        "set, else the bundled local model (offline).",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Without it: OpenAI (or $OPENAI_BASE_URL) "
+        "if the API key is set, else the bundled local model (offline).",
+        show_default="none",
     ),
     model: str | None = typer.Option(
         None,
         "--model",
-        help="Server model name (default gpt-4o-2024-08-06), or the path of a .gguf file to run locally.",
+        help="Server model name, or the path of a .gguf file to run locally.",
+        show_default=f"{DEFAULT_SERVER_MODEL} on a server, the bundled model offline",
     ),
     n_ctx: int | None = typer.Option(
-        None, "--n-ctx", help="Local models: fixed context size in tokens (default: grows to fit the prompt)."
+        None,
+        "--n-ctx",
+        help="Local models: fixed context size in tokens.",
+        show_default="grows to fit the prompt",
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="Local models: CPU threads (default: see docs/local.md)."
+        None, "--threads", help="Local models: CPU threads.", show_default="see docs/local.md"
     ),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY)."
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."
     ),
-    prompt: str | None = typer.Option(None, "--prompt", help="melt, dialogue, cot, or a template file."),
-    schema: str | None = typer.Option(None, "--schema", help="Answer schema: paper or structured."),
-    context_turns: int | None = typer.Option(None, "--context-turns", help="Preceding lines for 'dialogue'."),
-    samples: int | None = typer.Option(None, "--samples", help="Answers per utterance (default 1)."),
-    temperature: float | None = typer.Option(
-        None, "--temperature", help="Sampling temperature (default 1.0)."
+    prompt: str = typer.Option(
+        "melt",
+        "--prompt",
+        metavar="[melt|dialogue|cot|FILE]",
+        help="Built-in prompt template, or a template file (docs/prompts.md).",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed sent to the server (sample i gets seed + i)."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Reply length cap (default 800)."),
-    concurrency: int | None = typer.Option(
+    schema: Literal["paper", "structured"] = typer.Option(
+        "paper", "--schema", help="Answer schema: the paper's nested JSON, or a flat structured one."
+    ),
+    context_turns: int = typer.Option(
+        5, "--context-turns", help="Preceding lines shown by the 'dialogue' template."
+    ),
+    samples: int = typer.Option(1, "--samples", help="Answers per utterance."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    seed: int | None = typer.Option(
         None,
-        "--concurrency",
-        "-j",
-        help="Most requests in flight (default 8; halved on 429s and timeouts, then regained).",
+        "--seed",
+        help="Seed sent to the server (sample i gets seed + i).",
+        show_default="none: the server's own",
     ),
-    timeout: float | None = typer.Option(None, "--timeout", help="Seconds for one whole reply (default 60)."),
-    max_retries: int | None = typer.Option(None, "--max-retries", help="Retries per request (default 6)."),
-    backoff_max: float | None = typer.Option(
-        None,
+    max_tokens: int = typer.Option(800, "--max-tokens", help="Reply length cap."),
+    concurrency: int = typer.Option(
+        8, "--concurrency", "-j", help="Most requests in flight (halved on 429s and timeouts, then regained)."
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds for one whole reply."),
+    max_retries: int = typer.Option(6, "--max-retries", help="Retries per request."),
+    backoff_max: float = typer.Option(
+        60.0,
         "--backoff-max",
-        help="Longest wait before a retry, in seconds (default 60); a server asking to wait longer stops the "
-        "run (rerun later).",
+        help="Longest wait before a retry, in seconds; a server asking to wait longer stops the run (rerun "
+        "later).",
     ),
     max_cost: float | None = typer.Option(
-        None, "--max-cost", help="Stop before this invocation spends more USD."
+        None, "--max-cost", help="Stop before this invocation spends more USD.", show_default="no limit"
     ),
-    limit: int | None = typer.Option(None, "--limit", help="Annotate only the first N utterances."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Annotate only the first N utterances.", show_default="all"
+    ),
     no_logprobs: bool = typer.Option(False, "--no-logprobs", help="Do not ask for log probabilities."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Estimate tokens and cost; send nothing."),
     force_reuse: bool = typer.Option(
@@ -85,29 +107,34 @@ def annotate_command(
     from melt.annotate.config import AnnotateConfig
     from melt.annotate.run import RunInterrupted, estimate_run, run_annotation
 
+    # Flags left at their defaults do not override the --config file.
+    given = terminal.options_given(context)
+    settings = {
+        "base_url": base_url,
+        "model": model,
+        "n_ctx": n_ctx,
+        "threads": threads,
+        "api_key_env": api_key_env,
+        "prompt": prompt,
+        "schema_kind": schema,
+        "context_turns": context_turns,
+        "samples": samples,
+        "temperature": temperature,
+        "seed": seed,
+        "max_tokens": max_tokens,
+        "concurrency": concurrency,
+        "timeout": timeout,
+        "max_retries": max_retries,
+        "backoff_max": backoff_max,
+        "max_cost": max_cost,
+        "limit": limit,
+        "logprobs": False if no_logprobs else None,
+    }
+    flag_of = {"schema_kind": "schema", "logprobs": "no_logprobs"}
     config = AnnotateConfig.load(
-        config_file,
-        base_url=base_url,
-        model=model,
-        n_ctx=n_ctx,
-        threads=threads,
-        api_key_env=api_key_env,
-        prompt=prompt,
-        schema_kind=schema,
-        context_turns=context_turns,
-        samples=samples,
-        temperature=temperature,
-        seed=seed,
-        max_tokens=max_tokens,
-        concurrency=concurrency,
-        timeout=timeout,
-        max_retries=max_retries,
-        backoff_max=backoff_max,
-        max_cost=max_cost,
-        limit=limit,
-        logprobs=False if no_logprobs else None,
+        config_file, **{name: value for name, value in settings.items() if flag_of.get(name, name) in given}
     )
-    console = Console(highlight=False)
+    console = terminal.console()
     if dry_run:
         estimate = estimate_run(corpus, config, out, force_reuse=force_reuse)
         console.print(estimate_table(estimate))

@@ -112,17 +112,21 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def prompt_name(template: str) -> str:
+    """A template as runs record it: a built-in by its name, a template file by its file name (the same file
+    given another way is the same prompt; its content is in the template hash)."""
+    from melt.prompts import BUILTIN_TEMPLATES
+
+    return template if template in BUILTIN_TEMPLATES else Path(template).name
+
+
 def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the replies of a run (an `AnnotateConfig`, its `PromptConfig`, the backend's
     `identity()`). Settings that only decide how many are asked, how fast, or at what cost are left out
     (samples, limit, concurrency, timeouts, retries, the budget)."""
-    from melt.prompts import BUILTIN_TEMPLATES
-
     return {
         "backend": dict(backend_identity),
-        # A template file by its name, not its path: the same file given another way is the same prompt (its
-        # content is in the hash below).
-        "prompt": config.prompt if config.prompt in BUILTIN_TEMPLATES else Path(config.prompt).name,
+        "prompt": prompt_name(config.prompt),
         "prompt_hash": prompt.template_hash(),
         "schema": config.schema_kind,
         "labels": list(config.labels.labels),

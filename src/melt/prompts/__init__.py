@@ -12,7 +12,7 @@ from melt.prompts.config import (
     load_template,
     prompt_labels,
 )
-from melt.prompts.render import build_messages, repair_messages
+from melt.prompts.render import build_messages, repair_messages, template_text
 
 __all__ = [
     "BUILTIN_TEMPLATES",
@@ -26,4 +26,5 @@ __all__ = [
     "prompt_labels",
     "repair_messages",
     "response_format",
+    "template_text",
 ]

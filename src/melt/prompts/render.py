@@ -84,6 +84,35 @@ def _context_index(
     return index
 
 
+def _fixed_values(config: PromptConfig) -> dict[str, str]:
+    """The placeholders that are the same for every utterance."""
+    return {
+        "labels": ", ".join(prompt_labels(config.labels)),
+        "json_structure": json_structure(config.schema_kind),
+    }
+
+
+#: The re-ask after an unusable answer: the conversation so far, the unusable reply, then this ({error}: why).
+REPAIR_TEXT = (
+    "Your answer could not be used: {error}\n"
+    "Reply again with only the corrected answer as one JSON object in the structure given above."
+)
+
+
+def template_text(config: PromptConfig) -> dict[str, str | None]:
+    """The prompt as sent for every utterance, for the record: the system and user messages with the label list
+    and the answer's JSON structure filled in, and the per-utterance placeholders ({speaker}, {utterance},
+    {context}, ...) left as they are; `repair` is the re-ask sent after an unusable answer."""
+    template = config.load()
+    fixed = _fixed_values(config)
+    values = {name: fixed.get(name, "{" + name + "}") for name in template.placeholders()}
+    return {
+        "system": substitute(template.system, values) if template.system is not None else None,
+        "user": substitute(template.user, values),
+        "repair": REPAIR_TEXT,
+    }
+
+
 def build_messages(
     table: pd.DataFrame,
     config: PromptConfig,
@@ -107,10 +136,7 @@ def build_messages(
             file=source,
         )
     check_ids(table, source=source)
-    fixed = {
-        "labels": ", ".join(prompt_labels(config.labels)),
-        "json_structure": json_structure(config.schema_kind),
-    }
+    fixed = _fixed_values(config)
     index = None
     if "context" in names:
         context_source = table if context_table is None else context_table
@@ -180,11 +206,5 @@ def repair_messages(messages: list[dict[str, str]], reply_text: str, error: str)
     return [
         *messages,
         {"role": "assistant", "content": reply_text},
-        {
-            "role": "user",
-            "content": (
-                f"Your answer could not be used: {error}\n"
-                "Reply again with only the corrected answer as one JSON object in the structure given above."
-            ),
-        },
+        {"role": "user", "content": REPAIR_TEXT.replace("{error}", error)},
     ]

@@ -339,7 +339,7 @@ def audio_hashes(
 ) -> tuple[list[str | None], list[str | None]]:
     """(sha256 or None, reason or None) per path. Hashes of unchanged files (same size and modification time)
     come from `memo_folder/audio_hashes.parquet`, which is updated when the folder is writable."""
-    from melt.acoustics.features import file_sha256
+    from melt.provenance import file_sha256
 
     memo: dict[str, tuple[int, int, str]] = {}
     memo_path = memo_folder / HASHES if memo_folder is not None else None
@@ -451,8 +451,9 @@ def extract_features(
     (signals sorted by length, so padding stays small). A shard is written after every `files_per_shard`
     files and when interrupted, so a rerun continues where this one stopped.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from melt import terminal
 
     if crops < 0:
         raise MeltError(f"--crops must be 0 or more, got {crops}")
@@ -490,7 +491,7 @@ def extract_features(
     file_problems: dict[str, str] = {}
     computed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    console = Console(stderr=True)
+    console = terminal.console(stderr=True)
     todo = list(work.items())
     with Progress(*columns, console=console, disable=not progress) as bar:
         kind = "Features" if frames is None else "Frames"
