@@ -28,14 +28,38 @@ from melt.terminal import command_group, console
 
 
 class _MeltCommand(TyperGroup):
-    """The `melt` group: while a command runs, its outputs record the command line as their provenance."""
+    """The `melt` group: while a command runs, its outputs record the command line as their provenance; a usage
+    error (an unknown option, a value outside an option's choices) is one line and exit 2, like any user error."""
 
-    def main(self, args: Sequence[str] | None = None, *rest: Any, **options: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        if not rest:  # "melt" in usage lines, also when run as `python -m melt`
-            options.setdefault("prog_name", "melt")
+        prog_name = prog_name or "melt"  # also when run as `python -m melt`
         with running_command(["melt", *argv]):
-            return super().main(args, *rest, **options)
+            if not standalone_mode:
+                return super().main(args, prog_name, complete_var, False, **extra)
+            try:
+                result = super().main(args, prog_name, complete_var, False, **extra)
+            except typer.TyperException as exc:
+                context = getattr(exc, "ctx", None)
+                if context is None or type(exc).__name__ == "NoArgsIsHelpError":
+                    exc.show()  # type: ignore[attr-defined]
+                    sys.exit(exc.exit_code)
+                _error(
+                    f"{exc.format_message()} (`{context.command_path} --help` lists the options)",
+                    exc.exit_code,
+                )
+            except typer.Abort:
+                print("Aborted!", file=sys.stderr)
+                sys.exit(1)
+        # A command's `typer.Exit(code)` comes back as its code; a command that finished returns None.
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 app = command_group(
@@ -88,12 +112,12 @@ def main() -> None:
         sys.exit(130)
 
 
-def _error(message: str) -> None:
+def _error(message: str, code: int = 2) -> None:
     from rich.text import Text
 
     # As text, not markup: a message quoting "[...]" from a file must come out as it is.
     console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -103,12 +103,12 @@ def _short(value: Any) -> str:
         return f"<DataFrame: {len(value)} rows, columns {', '.join(map(str, value.columns[:8]))}>"
     if isinstance(value, pd.Series):
         return f"<Series {value.name!r}: {len(value)} values>"
-    if hasattr(value, "model_dump") or (
-        hasattr(value, "__dataclass_fields__") and not isinstance(value, type)
-    ):
-        return f"<{type(value).__name__}>"
     text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+    if len(text) <= 120 and "\n" not in text:
+        return text
+    if isinstance(value, str | int | float | list | tuple | dict):
+        return text[:117] + "..."
+    return f"<{type(value).__name__}>"  # a settings model or a result: the rest of the record holds it
 
 
 def file_sha256(path: str | Path) -> str:

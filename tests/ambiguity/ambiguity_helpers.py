@@ -132,7 +132,9 @@ def check_outputs(
     defined = distributions[human_columns].notna().all(axis=1).to_numpy()
     assert defined.sum() == summary["human"]["utterances_with_votes"]
     p_human = distributions[human_columns].to_numpy()
-    ambiguity = metrics.normalised_entropy(p_human[defined], summary["settings"]["entropy_norm"])
+    ambiguity = metrics.normalised_entropy(
+        p_human[defined], summary["provenance"]["settings"]["entropy_norm"]
+    )
     assert distributions["ambiguity"].to_numpy(dtype=float)[defined] == pytest.approx(ambiguity)
     tertile = distributions["tertile"].astype(object).where(distributions["tertile"].notna(), None).to_numpy()
     sizes = [int((tertile == t).sum()) for t in ("low", "medium", "high")]
