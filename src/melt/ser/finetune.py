@@ -142,9 +142,7 @@ def finetune_model(
             f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
         )
     keep = label_values.isin(wanted).to_numpy()
-    check_class_counts(
-        label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels
-    )
+    check_class_counts(label_values, wanted, minimum=settings.min_per_class, source=source, column=labels)
     rows = table[keep].reset_index(drop=True)
     row_labels = label_values[keep].reset_index(drop=True)
     signals, skipped = _read_signals(rows, base, ssl.min_samples)

@@ -14,6 +14,7 @@ per-class recall, the confusion matrix and per-utterance predictions with class 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,7 +99,8 @@ def _parse_classes(classes: str | list[str] | tuple[str, ...] | None) -> list[st
 def check_class_counts(
     labels: pd.Series, classes: list[str], *, minimum: int, source: str, column: str
 ) -> None:
-    """One clear error when the classes share nothing with the labels or a class has too few rows."""
+    """One clear error when the classes share nothing with the labels or a class has too few rows. `labels` are
+    all the rows' labels, so that the error can show the ones found."""
     counts = labels.value_counts()
     present = [c for c in classes if counts.get(c, 0) > 0]
     if not present:
@@ -153,9 +155,7 @@ def train_model(
             f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
         )
     keep = label_values.isin(wanted).to_numpy()
-    check_class_counts(
-        label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels
-    )
+    check_class_counts(label_values, wanted, minimum=settings.min_per_class, source=source, column=labels)
     rows = table[keep].reset_index(drop=True)
     row_labels = label_values[keep].reset_index(drop=True)
 
@@ -246,7 +246,11 @@ def save_model(
     try:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
-        atomic_write(out / HEAD_WEIGHTS, lambda tmp: torch.save(state, tmp))
+        # saved to a buffer: torch.save names its archive's records after the file, and the temporary file's
+        # name is random, so the same weights would give different bytes
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(out / HEAD_WEIGHTS, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         weights = model.layer_weights()
         write_table(
             pd.DataFrame({"layer": range(len(weights)), "weight": weights}), out / "layer_weights.csv"

@@ -229,8 +229,9 @@ def validation_split(
 
     Speaker-independent: speakers in a seeded random order join the validation set while it stays within
     `fraction` of the rows, until it holds at least that share; when every speaker alone is larger, the smallest
-    speaker is taken. Without speakers (or with fewer than two) a random `fraction` of the rows is used, and the
-    description says that this is not speaker-independent.
+    speaker is taken. Rows without a speaker (e.g. MSP-Podcast's "Unknown") stay in training: they may be anyone,
+    so none of them can be held out as an unseen speaker. Without speakers (or with fewer than two known ones) a
+    random `fraction` of the rows is used, and the description says that this is not speaker-independent.
     """
     n = 0 if speakers is None else len(speakers)
     rng = np.random.default_rng([seed, 7])
@@ -238,8 +239,8 @@ def validation_split(
     if fraction <= 0 or n == 0:
         return mask, "none"
     names = pd.Series(list(speakers), dtype="string")
-    counts = names.value_counts()
-    if len(counts) < 2 or names.isna().any():
+    counts = names.value_counts()  # known speakers only
+    if len(counts) < 2:
         size = max(1, round(fraction * n)) if n > 1 else 0
         mask[rng.permutation(n)[:size]] = True
         return (
@@ -257,5 +258,7 @@ def validation_split(
             total += int(counts[speaker])
     if not chosen:
         chosen = [str(counts.sort_values(kind="stable").index[0])]
-    mask = names.isin(chosen).to_numpy()
-    return mask, f"speakers {', '.join(sorted(chosen))}"
+    mask = names.isin(chosen).fillna(False).to_numpy(dtype=bool)
+    unknown = int(names.isna().sum())
+    kept = f" ({unknown} rows without a speaker kept in training)" if unknown else ""
+    return mask, f"speakers {', '.join(sorted(chosen))}{kept}"
