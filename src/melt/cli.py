@@ -51,8 +51,10 @@ class _MeltCommand(TyperGroup):
                 if context is None or type(exc).__name__ == "NoArgsIsHelpError":
                     exc.show()  # type: ignore[attr-defined]
                     sys.exit(exc.exit_code)
+                # Typer checks a Literal option's value with pydantic, whose message starts "Value error, ".
+                message = exc.format_message().replace("Value error, ", "")
                 _error(
-                    f"{exc.format_message()} (`{context.command_path} --help` lists the options)",
+                    f"{message} (`{context.command_path} --help` lists the options)",
                     exc.exit_code,
                 )
             except typer.Abort:
