@@ -15,7 +15,9 @@ of its text:
   - a panel run's votes.parquet (when no earlier line made one) and Label Studio's export of the review;
   - `melt preference serve` runs in the background on a free port, three participants answer through its HTTP
     API, and Ctrl-C stops it (exit 130).
-Every other line runs as it is, and must exit 0. Afterwards every JSON summary and report under out/ must say how
+Every other line runs as it is, and must exit 0. To add a command to the tour, add its line to the README: it
+runs here as it is; if it needs something a test machine lacks, add a `Prepared` entry to `PREPARED`, keyed by a
+piece of the line's text (an entry whose line has left the README fails the test). Afterwards every JSON summary and report under out/ must say how
 it was made, and nothing may have been written outside out/.
 """
 
@@ -52,6 +54,7 @@ from corpora import (
     make_ravdess,
     make_tess,
 )
+from melt.corpus.labels import MELT_LABELS
 from openai_server import FakeOpenAIServer
 from timing import scaled
 
@@ -228,13 +231,13 @@ def replace_voice(prosody: Prosody, speaker: int) -> Prosody:
 
 
 def make_meld_raw(folder: Path, shared_data: Path, speech: Speech, rng: np.random.Generator) -> None:
-    """MELD.Raw's layout (train/train_splits/dia{D}_utt{U}.mp4, a video track and AAC audio) for 62 MELT
+    """MELD.Raw's layout (train/train_splits/dia{D}_utt{U}.mp4, a video track and AAC audio) for about 85 MELT
     training utterances: the first dialogue (the first lines annotated in the tour), 10 per label where MELD's
     and MELT's labels agree, and 12 where they differ; spoken with the MELT label's prosody."""
     published = pd.read_csv(shared_data / "melt" / "meld_train.csv")
     chosen = [published[published["Dialogue_ID"] == 0]]
     agree = published[published["Emotion"] == published["llm_label"]]
-    for label in ("anger", "joy", "neutral", "sadness", "surprise"):
+    for label in MELT_LABELS:  # enough of every class for `melt ser train`
         rows = agree[agree["llm_label"] == label]
         chosen.append(rows.iloc[rng.permutation(len(rows))[:10]])
     differ = published[published["Emotion"] != published["llm_label"]]
