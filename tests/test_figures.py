@@ -141,3 +141,16 @@ def test_ambiguity_figures(saved, tmp_path):
     write_ambiguity(result, tmp_path / "amb")
     assert saved
     check(saved, expected=len(saved))
+
+
+def test_ser_and_acoustic_confusion_matrices_of_thousands(saved, tmp_path):
+    from melt.acoustics.check import CLASSES, plot_confusion
+    from melt.ser import plots
+
+    rng = np.random.default_rng(2)
+    matrix = pd.DataFrame(rng.integers(0, 9999, (7, 7)), index=list(MELT_LABELS), columns=list(MELT_LABELS))
+    plots.confusion(matrix, tmp_path / "ser.png")
+    counts = {r: {c: int(rng.integers(1000, 99999)) for c in CLASSES} for r in CLASSES}
+    plot_confusion(counts, "pitch: description vs acoustic bin", tmp_path / "pitch.png")
+    check(saved, expected=2)
+    assert [len(ax["texts"]) for figure in saved for ax in figure["axes"]] == [49, len(CLASSES) ** 2]
