@@ -37,6 +37,7 @@ from melt.ambiguity.metrics import SCORE_NAMES
 from melt.corpus.schema import atomic_write, read_table, write_table
 from melt.errors import MeltError
 from melt.provenance import api_call, describe_input
+from melt.provenance import record as provenance_record
 from melt.ser.dime import NEIGHBOURS, RATIO, DimeSettings
 from melt.ser.distribution_model import (
     CROP_SECONDS,
@@ -371,7 +372,7 @@ def run_distribution_experiment(
         "random 80/20 split: not comparable one to one with the rows above.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
-    provenance = record(
+    provenance = provenance_record(
         inputs=inputs,
         settings=json.loads(config.model_dump_json()),
         api=api_call(run_distribution_experiment, config, out),

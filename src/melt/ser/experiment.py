@@ -32,6 +32,7 @@ from melt.corpus.labels import MELT_LABEL_SET
 from melt.corpus.schema import atomic_write, read_table, require_columns, write_table
 from melt.errors import MeltError
 from melt.provenance import api_call, describe_input
+from melt.provenance import record as provenance_record
 from melt.ser.cache import CROP_SECONDS
 from melt.ser.stats import RESAMPLES
 from melt.ser.training import TrainSettings
@@ -415,7 +416,7 @@ def run_experiment(
         "UAR is the mean recall over the classes, F1 is macro-averaged.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
-    provenance = record(
+    provenance = provenance_record(
         inputs=inputs,
         settings=json.loads(config.model_dump_json()),
         api=api_call(run_experiment, config, out),
