@@ -7,9 +7,11 @@ one line on standard error and exit status 2, so users never see a traceback for
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
 from melt import __version__
 from melt.acoustics.cli import acoustics_app, audio_app
@@ -19,19 +21,54 @@ from melt.annotate.cli import annotate_command
 from melt.corpus.cli import corpus_app
 from melt.demo import demo_command
 from melt.errors import MeltError
+from melt.provenance import running_command
 from melt.review.cli import preference_app, review_app
 from melt.ser.cli import ser_app
+from melt.terminal import command_group, console
 
-app = typer.Typer(
+
+class _MeltCommand(TyperGroup):
+    """The `melt` group: while a command runs, its outputs record the command line as their provenance; a usage
+    error (an unknown option, a value outside an option's choices) is one line and exit 2, like any user error."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        prog_name = prog_name or "melt"  # also when run as `python -m melt`
+        with running_command(["melt", *argv]):
+            if not standalone_mode:
+                return super().main(args, prog_name, complete_var, False, **extra)
+            try:
+                result = super().main(args, prog_name, complete_var, False, **extra)
+            except typer.TyperException as exc:
+                context = getattr(exc, "ctx", None)
+                if context is None or type(exc).__name__ == "NoArgsIsHelpError":
+                    exc.show()  # type: ignore[attr-defined]
+                    sys.exit(exc.exit_code)
+                # Typer checks a Literal option's value with pydantic, whose message starts "Value error, ".
+                message = exc.format_message().replace("Value error, ", "")
+                _error(
+                    f"{message} (`{context.command_path} --help` lists the options)",
+                    exc.exit_code,
+                )
+            except typer.Abort:
+                print("Aborted!", file=sys.stderr)
+                sys.exit(1)
+        # A command's `typer.Exit(code)` comes back as its code; a command that finished returns None.
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = command_group(
+    "Annotate speech-emotion corpora with language models, and check the labels against human labels and "
+    "against the audio.",
     name="melt",
-    help=(
-        "Annotate speech-emotion corpora with language models, and check the labels against human labels "
-        "and against the audio."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    cls=_MeltCommand,
 )
 
 
@@ -77,14 +114,12 @@ def main() -> None:
         sys.exit(130)
 
 
-def _error(message: str) -> None:
+def _error(message: str, code: int = 2) -> None:
     from rich.text import Text
 
     # As text, not markup: a message quoting "[...]" from a file must come out as it is.
-    Console(stderr=True, highlight=False).print(
-        Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True
-    )
-    sys.exit(2)
+    console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

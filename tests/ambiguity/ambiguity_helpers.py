@@ -108,14 +108,15 @@ def check_outputs(
     names = list(labels.labels)
 
     # Provenance.
-    assert summary["melt_version"]
-    datetime.fromisoformat(summary["created"])
-    assert summary["command"].startswith("melt ambiguity ")
-    assert summary["inputs"]["corpus"]["sha256"] == sha256(corpus_file)
+    made = summary["provenance"]
+    assert made["melt_version"]
+    datetime.fromisoformat(made["created"])
+    assert made["command"].startswith("melt ambiguity ")
+    assert made["inputs"]["corpus"]["sha256"] == sha256(corpus_file)
     if votes_file is not None:
-        assert summary["inputs"]["votes"]["sha256"] == sha256(votes_file)
-    assert summary["settings"]["synthetic_weight"] == synthetic_weight
-    assert summary["settings"]["seeds"] == list(seeds)
+        assert made["inputs"]["votes"]["sha256"] == sha256(votes_file)
+    assert made["settings"]["synthetic_weight"] == synthetic_weight
+    assert made["settings"]["seeds"] == list(seeds)
     assert summary["labels"] == names
 
     # distributions.parquet: one row per corpus utterance; human columns as computed independently.
@@ -131,7 +132,9 @@ def check_outputs(
     defined = distributions[human_columns].notna().all(axis=1).to_numpy()
     assert defined.sum() == summary["human"]["utterances_with_votes"]
     p_human = distributions[human_columns].to_numpy()
-    ambiguity = metrics.normalised_entropy(p_human[defined], summary["settings"]["entropy_norm"])
+    ambiguity = metrics.normalised_entropy(
+        p_human[defined], summary["provenance"]["settings"]["entropy_norm"]
+    )
     assert distributions["ambiguity"].to_numpy(dtype=float)[defined] == pytest.approx(ambiguity)
     tertile = distributions["tertile"].astype(object).where(distributions["tertile"].notna(), None).to_numpy()
     sizes = [int((tertile == t).sum()) for t in ("low", "medium", "high")]
@@ -224,7 +227,7 @@ def check_outputs(
         assert (out / name).read_bytes()[:8] == PNG
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(figures)
-    assert "split-half" in page and summary["inputs"]["corpus"]["sha256"] in page
+    assert "split-half" in page and summary["provenance"]["inputs"]["corpus"]["sha256"] in page
     if not with_panel:
         assert any("No synthetic source was given" in note for note in summary["notes"])
         assert "No synthetic source was given" in page

@@ -55,7 +55,7 @@ def test_synthetic_weight_and_classes_norm(melt_cli, tmp_path):
         out, table, panel, corpus_file=corpus_file, votes_file=votes_file, synthetic_weight=0.25,
         saturation_draws=2,
     )  # fmt: skip
-    assert summary["settings"]["entropy_norm"] == "classes"
+    assert summary["provenance"]["settings"]["entropy_norm"] == "classes"
 
 
 def test_human_only_without_a_panel(melt_cli, tmp_path):
@@ -156,7 +156,7 @@ def test_bad_panel_and_settings_exit_2_with_one_line(melt_cli, tmp_path):
     (run / "votes.parquet").write_bytes(b"PAR1 not really")
     one_line_error(melt_cli("ambiguity", corpus_file, "--votes", run, "--out", out), "not a readable Parquet")
     for args, fragment in (
-        (["--entropy-norm", "bits"], "entropy_norm"),
+        (["--entropy-norm", "bits"], "--entropy-norm"),
         (["--synthetic-weight", "-1"], "synthetic_weight"),
         (["--seeds", "a,b"], "--seeds"),
         (["--labels", "joy"], "at least two non-empty labels"),
@@ -166,7 +166,7 @@ def test_bad_panel_and_settings_exit_2_with_one_line(melt_cli, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     one_line_error(
-        melt_cli("ambiguity", corpus_file, "--out", blocker / "out"), "cannot create the output folder"
+        melt_cli("ambiguity", corpus_file, "--out", blocker / "out"), "cannot create the --out folder"
     )
 
 
@@ -182,7 +182,10 @@ def test_settings_from_yaml_with_flags_on_top(melt_cli, tmp_path):
     assert result.code == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labels"] == ["anger", "joy", "neutral", "sadness"]
-    assert summary["settings"]["seeds"] == [9] and summary["settings"]["synthetic_weight"] == 2
+    assert (
+        summary["provenance"]["settings"]["seeds"] == [9]
+        and summary["provenance"]["settings"]["synthetic_weight"] == 2
+    )
     from melt.corpus.labels import LabelSet
 
     four = LabelSet.from_labels(["anger", "joy", "neutral", "sadness"])

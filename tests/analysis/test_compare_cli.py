@@ -37,7 +37,7 @@ def test_compare_published_melt_train_reproduces_table_2(shared_data, melt_cli, 
         assert (out / name).stat().st_size > 0
     assert (out / "transition.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
-    assert "data:image/png;base64," in page and "3261" in page
+    assert "data:image/png;base64," in page and "3,261" in page
 
 
 def test_compare_published_melt_test_flags_off_labels(shared_data, melt_cli, tmp_path):

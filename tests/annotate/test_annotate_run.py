@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 
@@ -11,7 +12,7 @@ import pytest
 from annotate_helpers import asked, corpus_table, fast_config, probe_cost
 
 from melt.annotate import AnnotateConfig, estimate_run, run_annotation
-from melt.annotate.run import OUTPUT_COLUMNS
+from melt.annotate.run import CORPUS_COLUMNS, OUTPUT_COLUMNS
 from melt.annotate.store import STORE_NAME
 from melt.corpus.schema import read_table, write_table
 from melt.errors import MeltError
@@ -26,8 +27,18 @@ def test_outputs_have_one_row_per_utterance_and_the_documented_columns(server, t
     result = run_annotation(corpus, fast_config(server), tmp_path / "run")
     parquet = pd.read_parquet(tmp_path / "run" / "annotations.parquet")
     csv = pd.read_csv(tmp_path / "run" / "annotations.csv")
-    assert list(parquet.columns) == list(csv.columns) == list(OUTPUT_COLUMNS)
-    assert list(parquet["id"]) == list(read_table(corpus)["id"])
+    # The answer columns, with the corpus's text, speaker and human label after the id, and the model and
+    # prompt of every row at the end: the table reads without the corpus.
+    expected = ["id", *CORPUS_COLUMNS, *OUTPUT_COLUMNS[1:], "model", "prompt"]
+    assert list(parquet.columns) == list(csv.columns) == expected
+    table = read_table(corpus)
+    assert list(parquet["id"]) == list(table["id"])
+    for column in CORPUS_COLUMNS:
+        assert parquet[column].tolist() == table[column].astype("string").tolist()
+    assert (parquet["model"] == "gpt-4o-2024-08-06").all() and (parquet["prompt"] == "melt").all()
+    # The raw reply is kept for usable answers too, and says what the parsed columns say.
+    for reply, emotion in zip(parquet["raw_reply"], parquet["emotion"], strict=True):
+        assert emotion in reply.lower()
     assert list(parquet["emotion"]) == [expected_emotion(t) for t in TEXTS]
     assert (parquet["status"] == "ok").all()
     expected_cost = price_of("gpt-4o-2024-08-06").cost(
@@ -47,6 +58,22 @@ def test_outputs_have_one_row_per_utterance_and_the_documented_columns(server, t
     assert run["totals"]["cost_usd"] == pytest.approx(expected_cost + probe)
     assert run["this_invocation"]["retries_total"] == 0
     assert run["status"] == {"ok": 10} and run["complete"] is True
+    # run.json says how the run was made: version, date, the corpus's hash, every setting, the prompt's text.
+    made = run["provenance"]
+    assert made["melt_version"] and made["created"] and made["model"] == "gpt-4o-2024-08-06"
+    assert made["inputs"]["corpus"]["sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert made["command"].startswith("melt.annotate.run.run_annotation(")  # called from Python here
+    assert made["settings"]["temperature"] == 1.0 and made["settings"]["base_url"] == server.base_url
+    assert made["who_answers"] == {
+        "kind": "openai",
+        "base_url": server.base_url,
+        "model": "gpt-4o-2024-08-06",
+    }
+    text = made["prompt"]["text"]
+    assert "Anger, Disgust, Sadness, Joy, Neutral, Surprise, Fear" in text["system"]
+    assert text["user"] == "{speaker} at s{season}e{episode} said: {utterance}"
+    assert "{error}" in text["repair"] and made["prompt"]["template_hash"] == run["prompt"]["template_hash"]
+    assert set(run["columns"]) == set(expected)
 
 
 def test_a_rerun_sends_nothing_and_reproduces_the_table(server, tmp_path, write_corpus):

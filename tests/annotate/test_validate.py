@@ -284,3 +284,30 @@ def test_label_confidence_accepts_the_whole_logprobs_object():
 )
 def test_label_confidence_is_none_when_unavailable(logprobs):
     assert label_confidence(logprobs, MELT_LABEL_SET) is None
+
+
+def test_every_flag_written_has_a_legend_entry():
+    """Reports explain each flag of the annotations table from FLAG_MEANINGS: a flag the code can write without
+    an entry there would go unexplained."""
+    import re
+    from pathlib import Path
+
+    from melt.annotate import validate
+
+    made = [
+        validate_reply(reply().replace('"Playful"', '"Playful",'), PAPER, "Chandler"),
+        validate_reply(reply(emotion="happy"), PAPER, "Chandler"),
+        validate_reply(reply(character="Ross"), PAPER, "Chandler"),
+        validate_reply(reply(emotion="frustration"), PAPER, "Chandler"),
+    ]
+    flags = {flag for result in made for flag in result.flags}
+    assert {"json_repaired", "label_synonym", "character_mismatch", "off_label:frustration"} <= flags, flags
+    # The flags the engine adds (re-asks, failed samples), found where they are written.
+    source = "\n".join(p.read_text() for p in Path(validate.__file__).parent.glob("*.py"))
+    written = set(re.findall(r"flags\.append\(f?\"([a-z_]+)", source))
+    assert {"re_asked", "invalid_samples"} <= written
+    for flag in flags | written:
+        name = validate.flag_name(flag)
+        assert name in validate.FLAG_MEANINGS, flag
+        assert len(validate.FLAG_MEANINGS[name]) > 30
+    assert set(validate.STATUS_MEANINGS) == {"ok", "invalid", "failed", "pending"}

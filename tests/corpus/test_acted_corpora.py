@@ -272,4 +272,7 @@ def test_cremad_bad_votes_files(cremad, tmp_path, melt_cli):
     )
     assert done.code == 2 and "file not found" in done.stderr
     done = melt_cli("corpus", "cremad", root, "--vote-channel", "smell", "--out", tmp_path / "t.csv")
-    assert done.code == 2 and "--vote-channel takes voice, face, audiovisual or all" in done.stderr
+    assert (
+        done.code == 2
+        and "'--vote-channel': 'smell' is not one of 'voice', 'face', 'audiovisual', 'all'" in done.stderr
+    )

@@ -90,7 +90,7 @@ def test_cli_folds_and_overlap(tmp_path, melt_cli):
     done = melt_cli("corpus", "folds", path, "--k", "12", "--out", tmp_path / "x.csv")
     assert done.code == 2 and "cannot fill 12 folds" in done.stderr
     done = melt_cli("corpus", "folds", path, "--by", "dialogue", "--out", tmp_path / "x.csv")
-    assert done.code == 2 and "--by takes speaker or session" in done.stderr
+    assert done.code == 2 and "'dialogue' is not one of 'speaker', 'session'" in done.stderr
     done = melt_cli("corpus", "overlap", path, "--between", "split")
     assert done.code == 2 and "no two parts to compare" in done.stderr
 
@@ -120,7 +120,9 @@ def test_describe_writes_json_and_figures(speech, tmp_path, melt_cli):
     assert sum(description["duration"]["histogram"]["counts"]) == 3
     assert description["hours"] == pytest.approx(table["duration"].sum() / 3600, abs=1e-4)
     assert description["audio"]["problems"] == {"file not found": 1}
-    assert description["made_by"]["melt"] and description["made_by"]["table"] == str(table_path.resolve())
+    made = description["provenance"]
+    assert made["melt_version"] and made["inputs"]["table"]["path"] == str(table_path.resolve())
+    assert made["command"].startswith("melt corpus describe ")
     for name in ("durations.png", "labels.png", "votes.png"):
         assert (tmp_path / "describe" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

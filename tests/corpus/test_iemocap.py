@@ -262,4 +262,4 @@ def test_wrong_root_says_what_was_expected_where(iemocap, tmp_path, melt_cli):
     done = melt_cli("corpus", "iemocap", tmp_path / "nowhere", "--out", tmp_path / "t.csv")
     assert done.code == 2 and "folder not found" in done.stderr
     done = melt_cli("corpus", "iemocap", root, "--classes", "5", "--out", tmp_path / "t.csv")
-    assert done.code == 2 and "--classes takes 4 or all" in done.stderr
+    assert done.code == 2 and "'--classes': '5' is not one of '4', 'all'" in done.stderr

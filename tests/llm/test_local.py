@@ -27,8 +27,9 @@ from melt.annotate.validate import validate_reply
 from melt.llm import local
 from melt.llm.base import BackendError, ChatRequest, RequestFailed, ResponseFormatRejected
 from melt.llm.local import LocalBackend
-from melt.llm.model_assets import bundled_model_path, cache_dir, sha256_file
+from melt.llm.model_assets import bundled_model_path, cache_dir
 from melt.prompts import PromptConfig, build_messages, response_format
+from melt.provenance import file_sha256 as sha256_file
 
 LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 EMOTION_SCHEMA = {

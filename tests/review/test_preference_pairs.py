@@ -69,7 +69,11 @@ def test_filters(table, tmp_path, melt_cli):
     assert "same description twice" not in result.stdout
     pairs = read_pairs(out)
     made = json.loads((tmp_path / "pairs.json").read_text())
-    assert made["items"] == len(pairs) and made["settings"]["per_label"] == 2 and made["rows_in_table"] == 40
+    assert (
+        made["items"] == len(pairs)
+        and made["provenance"]["settings"]["per_label"] == 2
+        and made["rows_in_table"] == 40
+    )
     assert (pairs["description_a"] != pairs["description_b"]).all()
     assert Counter(pairs["group"]) == {label: 2 for label in LABELS}  # 14 different rows, 3-4 per label
     assert pairs["media"].map(lambda p: p.startswith("/")).all()

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from melt.acoustics.features import file_sha256
+from melt.provenance import file_sha256
 from melt.review.doubt import DoubtSettings, load_run, normalised_entropy, score_doubt, select
 
 from .conftest import EXPECTED_DOUBT, UTTERANCES
@@ -115,7 +115,7 @@ def test_label_studio_export(review_run, tmp_path, melt_cli):
         "acoustic_mismatch": 1,
         "ambiguous_panel": 1,
     }
-    assert manifest["corpus_sha256"] == file_sha256(review_run.corpus)
+    assert manifest["provenance"]["inputs"]["corpus"]["sha256"] == file_sha256(review_run.corpus)
     selection = pd.read_csv(out / "selection.csv")
     assert list(selection["id"]) == [uid for uid, _ in EXPECTED_DOUBT]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from melt.acoustics.features import file_sha256
+from melt.provenance import file_sha256
 from melt.review.decisions import import_review, reviews_path
 
 from .conftest import EXPECTED_DOUBT
@@ -161,7 +161,10 @@ def test_label_studio_round_trip(review_run, exported, tmp_path, melt_cli):
     decisions = pd.read_parquet(out).set_index("id")
     reviews = pd.read_parquet(reviews_path(out))
     made = json.loads((tmp_path / "decisions.json").read_text())
-    assert made["export_sha256"] == file_sha256(export) and made["format"] == "labelstudio"
+    assert (
+        made["provenance"]["inputs"]["export"]["sha256"] == file_sha256(export)
+        and made["format"] == "labelstudio"
+    )
     assert made["decisions"] == {"decided": 3, "tie": 1, "skipped": 1, "unreviewed": 1}
     # ids and audio hashes survive the round trip; the audio is checked against the files
     assert set(decisions.index) == {

@@ -271,10 +271,16 @@ def report_section(result: CheckResult, out_dir: str | Path) -> Section:
             f"({'per split' if per == 'split' else 'per split and speaker'}): bottom 30 % low, middle 40 % mid, "
             "top 30 % high. Each description is mapped to low / mid / high by the lexicon; descriptions it cannot "
             "map are counted as unknown, never guessed. Reference = acoustic bin. Chance UAR is 0.333.",
-            "Rows: annotation rows in the split; not_ok: rows whose status is not ok; unbinned: no usable audio "
-            "features or too few values in the bin group; unknown: description not mapped; n: scored rows.",
         ],
         tables={"Scores per attribute and split": scores_table(result)},
+        legend={
+            "rows": "annotation rows in the split",
+            "n": "rows scored: an ok answer, a binned feature and a mapped description",
+            "not_ok": "rows whose status is not ok (invalid, failed or pending): no description to score",
+            "unbinned": "no usable audio features for the row, or too few values in its bin group",
+            "unknown": "the description could not be mapped to low / mid / high by the lexicon",
+            "uar, acc, f1": "unweighted average recall, accuracy and macro-F1 of the description against the bin",
+        },
     )
     for attribute, entry in result.summary["attributes"].items():
         examples = pd.DataFrame(entry["unknown_examples"])
@@ -294,17 +300,32 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
-def write_check(result: CheckResult, out_dir: str | Path) -> Path:
-    """summary.json, rows.csv (every row's mapping and bin), confusion PNGs and report.md/report.html."""
+def write_check(
+    result: CheckResult, out_dir: str | Path, *, inputs: dict[str, str | Path] | None = None
+) -> Path:
+    """summary.json, rows.csv (every row's mapping and bin), confusion PNGs and report.md/report.html;
+    `inputs` (role -> file) are recorded in the provenance."""
+    from melt import provenance
     from melt.analysis.report import write_report
     from melt.corpus.schema import atomic_write, write_table
 
     out_dir = Path(out_dir)
+    summary = result.summary
+    summary["provenance"] = provenance.record(
+        inputs=inputs,
+        settings={
+            "per": summary["per"],
+            "quantiles": summary["quantiles"],
+            "min_group": summary["min_group"],
+            "features": {a: entry["feature"] for a, entry in summary["attributes"].items()},
+        },
+        api=provenance.api_call(write_check, result, out_dir),
+    )
     section = report_section(result, out_dir)
-    text = json.dumps(result.summary, indent=2, ensure_ascii=False)
+    text = json.dumps(summary, indent=2, ensure_ascii=False)
     atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     write_table(result.rows, out_dir / "rows.csv")
-    write_report(out_dir, "Acoustic check", [section])
+    write_report(out_dir, "Acoustic check", [section], provenance=summary["provenance"])
     return out_dir
 
 
@@ -330,5 +351,5 @@ def run_check(
         annotations_source=source,
         features_source=features,
     )
-    write_check(result, out_dir)
+    write_check(result, out_dir, inputs={"annotations": source, "features": features})
     return result

@@ -6,20 +6,19 @@ Heavy imports (openSMILE, soundfile, matplotlib) happen inside the commands so `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-audio_app = typer.Typer(
-    help="Prepare utterance audio: extract 16 kHz mono WAV from corpus clips.", no_args_is_help=True
-)
-acoustics_app = typer.Typer(
-    help="eGeMAPS features with openSMILE, and the check of the LLM's voice descriptions against them.",
-    no_args_is_help=True,
+from melt import terminal
+
+audio_app = terminal.command_group("Prepare utterance audio: extract 16 kHz mono WAV from corpus clips.")
+acoustics_app = terminal.command_group(
+    "eGeMAPS features with openSMILE, and the check of the LLM's voice descriptions against them."
 )
 
-_console = Console(highlight=False)
+_console = terminal.console()
 
 
 @audio_app.command("extract")
@@ -30,7 +29,7 @@ def audio_extract(
     clips: Path = typer.Option(..., "--clips", help="Folder of clips (e.g. MELD.Raw), searched recursively."),
     out: Path = typer.Option(..., "--out", help="Folder for the WAV files, named by corpus id."),
     table_out: Path | None = typer.Option(
-        None, "--table-out", help="Where to write the updated table (default: over CORPUS)."
+        None, "--table-out", help="Where to write the updated table.", show_default="over CORPUS"
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Clips decoded at the same time."),
 ) -> None:
@@ -61,7 +60,7 @@ def acoustics_extract(
         ..., "--out", help="Features Parquet file; an existing one serves as the cache."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Worker processes (default: CPU count)."
+        None, "--workers", min=1, help="Worker processes.", show_default="the number of CPUs"
     ),
     cache: bool = typer.Option(
         True, "--cache/--no-cache", help="Reuse rows of OUT whose audio is unchanged."
@@ -92,11 +91,13 @@ def acoustics_check(
     ),
     features: Path = typer.Option(..., "--features", help="Features Parquet from `melt acoustics extract`."),
     out: Path = typer.Option(..., "--out", help="Folder for summary.json, rows.csv, PNGs and the report."),
-    per: str = typer.Option("split", "--per", help="Bin per 'split' or per 'speaker' (within each split)."),
-    rate_feature: str | None = typer.Option(
-        None,
+    per: Literal["split", "speaker"] = typer.Option(
+        "split", "--per", help="Bin per split, or per speaker within each split."
+    ),
+    rate_feature: str = typer.Option(
+        "syllables_per_sec",
         "--rate-feature",
-        help="Feature for rhythm speed (default syllables_per_sec; e.g. VoicedSegmentsPerSec).",
+        help="Feature for rhythm speed (e.g. VoicedSegmentsPerSec).",
     ),
     min_group: int = typer.Option(10, "--min-group", min=1, help="Fewest values a bin group needs."),
 ) -> None:
@@ -106,7 +107,7 @@ def acoustics_check(
 
     check_output_folder(out)
 
-    columns = {"rhythm_speed": rate_feature} if rate_feature else None
+    columns = {"rhythm_speed": rate_feature}
     result = run_check(run_dir, features, out, per=per, feature_columns=columns, min_group=min_group)
     scores = scores_table(result)
     table = Table(title=f"Acoustic check (bins per {per})")

@@ -6,7 +6,6 @@ In the audinterface spirit: `process_file` gives one file's features, `process_f
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import re
@@ -20,6 +19,7 @@ import pandas as pd
 
 from melt.acoustics.audio import SAMPLE_RATE, AudioError, read_audio
 from melt.errors import MeltError
+from melt.provenance import file_sha256
 
 PITCH = "F0semitoneFrom27.5Hz_sma3nz_amean"
 LOUDNESS = "loudness_sma3_amean"
@@ -156,11 +156,6 @@ def _run(paths: list[str], *, workers: int | None, progress: bool) -> list[tuple
 def _context():
     # fork starts workers in milliseconds with openSMILE already imported; spawn re-imports everything per worker.
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 _VOWEL_GROUPS = re.compile(r"[aeiouy]+")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from melt import terminal
 from melt.errors import MeltError
 
 
 def ambiguity_command(
+    context: typer.Context,
     corpus: Path = typer.Argument(
         ..., help="Corpus table (.parquet or .csv) with per-rater human votes in its 'votes' column."
     ),
@@ -23,37 +23,34 @@ def ambiguity_command(
     votes: Path | None = typer.Option(
         None,
         "--votes",
-        help="Run folder of a panel (melt annotate --panel) holding votes.parquet, or that file. Without it: "
-        "human-only statistics.",
+        help="Run folder of a panel (melt annotate --panel) holding votes.parquet, or that file.",
+        show_default="none: human-only statistics",
     ),
     config_file: Path | None = typer.Option(
-        None, "--config", help="YAML file of settings; flags override it."
+        None, "--config", help="YAML file of settings; flags override it.", show_default="none"
     ),
-    synthetic_weight: float | None = typer.Option(
-        None,
+    synthetic_weight: float = typer.Option(
+        1.0,
         "--synthetic-weight",
-        help="Weight W of one synthetic vote in the combined distribution, against 1 per human rater "
-        "(default 1, as in the paper).",
+        help="Weight W of one synthetic vote in the combined distribution, against 1 per human rater (the "
+        "paper: 1).",
     ),
-    entropy_norm: str | None = typer.Option(
-        None,
+    entropy_norm: Literal["present", "classes"] = typer.Option(
+        "present",
         "--entropy-norm",
-        help="Ambiguity = entropy / log(labels present) ('present', default, the paper's code) or / log K "
-        "('classes').",
+        help="Ambiguity = entropy / log(labels present) ('present', the paper's code) or / log K ('classes').",
     ),
     labels: str | None = typer.Option(
         None,
         "--labels",
-        help="Comma-separated label set (default: the seven MELT labels); votes outside it are dropped and "
-        "counted.",
+        help="Comma-separated label set; votes outside it are dropped and counted.",
+        show_default="the seven MELT labels",
     ),
-    seeds: str | None = typer.Option(
-        None, "--seeds", help="Comma-separated seeds of the split-half repetitions (default 0,1,2,3,4)."
+    seeds: str = typer.Option(
+        "0,1,2,3,4", "--seeds", help="Comma-separated seeds of the split-half repetitions."
     ),
-    saturation_draws: int | None = typer.Option(
-        None,
-        "--saturation-draws",
-        help="Random sub-panels per panel size in the saturation curve (default 5).",
+    saturation_draws: int = typer.Option(
+        5, "--saturation-draws", help="Random sub-panels per panel size in the saturation curve."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -69,15 +66,19 @@ def ambiguity_command(
     from melt.ambiguity.evaluate import analyse_ambiguity
     from melt.ambiguity.report import write_ambiguity
     from melt.corpus.schema import VOTES, conform, read_any
+    from melt.outputs import check_output_folder
 
-    config = AmbiguityConfig.load(
-        config_file,
-        labels=[label for label in labels.split(",") if label.strip()] if labels is not None else None,
-        synthetic_weight=synthetic_weight,
-        entropy_norm=entropy_norm,
-        seeds=_seeds(seeds),
-        saturation_draws=saturation_draws,
-    )
+    check_output_folder(out)
+    # Flags left at their defaults do not override the --config file.
+    given = terminal.options_given(context)
+    settings = {
+        "labels": [label for label in labels.split(",") if label.strip()] if labels is not None else None,
+        "synthetic_weight": synthetic_weight,
+        "entropy_norm": entropy_norm,
+        "seeds": _seeds(seeds),
+        "saturation_draws": saturation_draws,
+    }
+    config = AmbiguityConfig.load(config_file, **{k: v for k, v in settings.items() if k in given})
     raw = read_any(corpus)
     if VOTES not in raw.columns:  # checked before conform() adds an empty votes column
         raise MeltError(
@@ -86,10 +87,6 @@ def ambiguity_command(
             file=corpus,
         )
     table = conform(raw, source=corpus)
-    try:  # before the work, so an unusable folder is reported at once
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MeltError(f"cannot create the output folder ({exc.strerror or exc})", file=out) from exc
     result = analyse_ambiguity(table, votes, config, source=corpus, progress=not quiet)
     try:
         summary = write_ambiguity(
@@ -97,14 +94,13 @@ def ambiguity_command(
             out,
             corpus_path=corpus,
             votes_path=votes,
-            command=shlex.join(["melt", *sys.argv[1:]]),
         )
     except OSError as exc:
         raise MeltError(
             f"cannot write the outputs ({exc.strerror or exc})", file=exc.filename2 or exc.filename or out
         ) from exc
     print_summary(summary)
-    Console(highlight=False).print(f"report: {(out / 'report.html').resolve()}")
+    terminal.console().print(f"report: {(out / 'report.html').resolve()}")
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -120,7 +116,7 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def print_summary(summary: dict) -> None:
-    console = Console(highlight=False)
+    console = terminal.console()
     table = Table(title="melt ambiguity: all tertiles (metrics.csv has each tertile)")
     for column in ("protocol", "source", "n", "jsd", "bc", "r2", "ece", "acc", "f1_macro"):
         table.add_column(column, justify="left" if column in ("protocol", "source") else "right")

@@ -367,10 +367,11 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     if not enabled:
         yield lambda: None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from melt import terminal
+
     columns = (TextColumn("ambiguity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=terminal.console(stderr=True)) as bar:
         task = bar.add_task("ambiguity", total=total)
         yield lambda: bar.update(task, advance=1)

@@ -3,16 +3,14 @@ and report.html / report.md (through `melt.analysis.report`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from melt import __version__
+from melt import provenance
 from melt.ambiguity.distributions import TERTILES
 from melt.ambiguity.evaluate import PROTOCOLS, SOURCES, AmbiguityResult
 from melt.ambiguity.metrics import SCORE_NAMES, calibration_error
@@ -32,11 +30,6 @@ METRIC_TITLES = {
     "entropy": "entropy (bits)",
 }
 NO_PANEL = "No synthetic source was given (--votes): human-only statistics (ambiguity, tertiles, rater agreement, split-half consistency of the human raters)."
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def notes(result: AmbiguityResult) -> list[str]:
@@ -158,7 +151,6 @@ def write_ambiguity(
     *,
     corpus_path: str | Path | None = None,
     votes_path: str | Path | None = None,
-    command: str | None = None,
 ) -> dict:
     """Write every output into `out_dir` and return the summary (also summary.json)."""
     out_dir = Path(out_dir)
@@ -181,20 +173,22 @@ def write_ambiguity(
             result.saturation, out_dir / "saturation.png"
         )
     outputs += [Path(p).name for p in figures.values()]
-    inputs = {"corpus": _input(corpus_path), "votes": _input(votes_path)}
+    votes_file = _votes_file(votes_path)
     if result.panel is not None and votes_path is None:
-        inputs["votes"] = _input(result.panel.counts["file"])
+        votes_file = Path(result.panel.counts["file"])
     seed_spread = (
         result.metrics_per_seed.groupby(["protocol", "source", "tertile"], sort=False)[list(SCORE_NAMES)]
         .std()
         .reset_index()
     )
     summary = {
-        "melt_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "inputs": inputs,
-        "settings": result.config.public(),
+        "provenance": provenance.record(
+            inputs={"corpus": corpus_path, "votes": votes_file},
+            settings=result.config.public(),
+            api=provenance.api_call(
+                write_ambiguity, result, out_dir, corpus_path=corpus_path, votes_path=votes_path
+            ),
+        ),
         "labels": list(result.labels),
         "synthetic_source": result.panel is not None,
         "notes": notes(result),
@@ -218,36 +212,37 @@ def write_ambiguity(
     summary = _jsonable(summary)
     text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
     atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    write_report(out_dir, "Emotion distributions and ambiguity", sections(result, summary, figures))
+    write_report(
+        out_dir,
+        "Emotion distributions and ambiguity",
+        sections(result, summary, figures),
+        provenance=summary["provenance"],
+    )
     return summary
 
 
-def _input(path: str | Path | None) -> dict | None:
+def _votes_file(path: str | Path | None) -> Path | None:
     if path is None:
         return None
     path = Path(path)
-    file = path / "votes.parquet" if path.is_dir() else path
-    return {"path": str(file.resolve()), "sha256": file_sha256(file)}
+    return path / "votes.parquet" if path.is_dir() else path
 
 
 def sections(result: AmbiguityResult, summary: dict, figures: dict[str, Path]) -> list[Section]:
-    """The report: how it was made, the human votes, the panel, the metrics, the saturation curve."""
-    settings = summary["settings"]
-    made = [
-        f"melt {summary['melt_version']}, {summary['created']}"
-        + (f", command: {summary['command']}" if summary["command"] else ""),
-        "Inputs: "
-        + "; ".join(
-            f"{name} {value['path']} (sha256 {value['sha256']})"
-            for name, value in summary["inputs"].items()
-            if value
+    """The report: the settings in words, the human votes, the panel, the metrics, the saturation curve (how it
+    was made closes every report, see `write_report`)."""
+    settings = summary["provenance"]["settings"]
+    out = [
+        Section(
+            "Settings",
+            [
+                f"Label set: {', '.join(result.labels)}. Synthetic vote weight W = {settings['synthetic_weight']:g}; "
+                f"ambiguity normalised by {_norm_words(settings['entropy_norm'])}; split-half seeds "
+                f"{settings['seeds']}; {settings['saturation_draws']} draws per sub-panel size; ECE with "
+                f"{settings['ece_bins']} bins."
+            ],
         )
-        + ".",
-        f"Label set: {', '.join(result.labels)}. Synthetic vote weight W = {settings['synthetic_weight']:g}; "
-        f"ambiguity normalised by {_norm_words(settings['entropy_norm'])}; split-half seeds {settings['seeds']}; "
-        f"{settings['saturation_draws']} draws per sub-panel size; ECE with {settings['ece_bins']} bins.",
     ]
-    out = [Section("How this was made", made)]
     human_counts = summary["human"]
     overview = pd.DataFrame(
         {
@@ -382,6 +377,8 @@ def _save(fig, path: Path) -> Path:
 
 def plot_ambiguity(result: AmbiguityResult, path: Path) -> Path:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 4))
     bins = np.linspace(0, 1, 21)
     data = [result.ambiguity[result.tertile == name] for name in TERTILES]
@@ -390,6 +387,7 @@ def plot_ambiguity(result: AmbiguityResult, path: Path) -> Path:
         f"ambiguity ({'present labels' if result.config.entropy_norm == 'present' else 'log K'} norm)"
     )
     ax.set_ylabel("utterances")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Ambiguity of the human votes (n = {sum(len(d) for d in data)})")
     ax.legend(title="tertile")
     return _save(fig, path)
@@ -417,6 +415,8 @@ def plot_metrics(metrics: pd.DataFrame, path: Path) -> Path:
                     np.arange(len(groups)) + offset, values, width, label=source, color=SOURCE_COLOURS[source]
                 )
             ax.set_xticks(range(len(groups)), groups)
+            ax.set_xlabel("ambiguity tertile")
+            ax.set_ylabel(METRIC_TITLES[metric])
             ax.set_title(f"{protocol}: {METRIC_TITLES[metric]}", fontsize=10)
             if col == 0:
                 ax.legend(fontsize=8)
@@ -464,7 +464,8 @@ def plot_saturation(saturation: pd.DataFrame, path: Path) -> Path:
             ax.plot(part["annotators"], mean, marker="o", label=f"{protocol}: {source}")
             ax.fill_between(part["annotators"], mean - spread, mean + spread, alpha=0.2)
         ax.set_xlabel("synthetic annotators")
-        ax.set_title(METRIC_TITLES[metric])
+        ax.set_ylabel(f"{METRIC_TITLES[metric]} (mean ± sd over draws)")
+        ax.set_title(f"Saturation: {METRIC_TITLES[metric]} against the panel size")
         ax.set_xticks(sorted(saturation["annotators"].unique()))
         ax.legend(fontsize=8)
     return _save(fig, path)

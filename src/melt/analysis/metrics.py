@@ -72,21 +72,23 @@ def macro_f1(reference, candidate, labels=None) -> float:
 def cohen_kappa(
     reference: Sequence[str], candidate: Sequence[str], labels: Sequence[str] | None = None
 ) -> float:
-    """Cohen's κ = (p_o − p_e) / (1 − p_e) from the confusion matrix."""
+    """Cohen's κ = (p_o − p_e) / (1 − p_e) from the confusion matrix. Undefined (NaN) without pairs, and when
+    both sources use one and the same label throughout (p_e = 1: there is no chance agreement to beat)."""
     matrix = confusion_matrix(reference, candidate, labels).to_numpy().astype(float)
     total = matrix.sum()
     if total == 0:
         return float("nan")
     observed = np.trace(matrix) / total
     expected = float((matrix.sum(axis=0) * matrix.sum(axis=1)).sum()) / total**2
-    return 1.0 if expected == 1 else float((observed - expected) / (1 - expected))
+    return float("nan") if expected == 1 else float((observed - expected) / (1 - expected))
 
 
 def krippendorff_alpha_nominal(ratings: Sequence[Sequence[str | None]]) -> float:
     """Krippendorff's α for nominal data. `ratings[u]` lists the labels unit u received (None = missing).
 
     Units with fewer than two ratings carry no pairing information and are ignored, as in the definition.
-    α = 1 − D_o / D_e from the coincidence matrix.
+    α = 1 − D_o / D_e from the coincidence matrix. Undefined (NaN) when every rating is the same value (D_e = 0),
+    as in Krippendorff's definition: data without variation say nothing about reliability.
     """
     values = sorted({v for unit in ratings for v in unit if v is not None})
     if not values:
@@ -107,8 +109,79 @@ def krippendorff_alpha_nominal(ratings: Sequence[Sequence[str | None]]) -> float
     observed_disagreement = n - np.trace(coincidence)
     expected_disagreement = (n**2 - (marginals**2).sum()) / (n - 1)
     if expected_disagreement == 0:
-        return 1.0
+        return float("nan")
     return float(1 - observed_disagreement / expected_disagreement)
+
+
+def pair_statistics(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Agreement of two label sources from their confusion matrix (reference rows, candidate columns), for one
+    K × K matrix or a stack of them (… × K × K, e.g. bootstrap resamples): the same definitions as
+    `cohen_kappa`, `krippendorff_alpha_nominal` (two ratings per unit, none missing), `accuracy`,
+    `unweighted_average_recall` and `macro_f1` above, computed on whole arrays at once.
+
+    Returns arrays of the leading shape: n, accuracy, change_rate, cohen_kappa, krippendorff_alpha, uar, macro_f1;
+    NaN where a statistic is undefined (no pairs; one label throughout for κ and α)."""
+    counts = np.asarray(confusion, dtype=float)
+    n = counts.sum(axis=(-2, -1))
+    agreed = np.trace(counts, axis1=-2, axis2=-1)
+    reference = counts.sum(axis=-1)  # per class: how often the reference uses it
+    candidate = counts.sum(axis=-2)
+    diagonal = np.diagonal(counts, axis1=-2, axis2=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = agreed / n
+        expected = (reference * candidate).sum(axis=-1) / n**2
+        kappa = np.where(expected < 1, (accuracy - expected) / (1 - expected), np.nan)
+        # Two ratings per unit: the coincidence matrix is C + Cᵀ over 2n pairable values.
+        values = 2 * n
+        marginals = reference + candidate
+        spread = values**2 - (marginals**2).sum(axis=-1)
+        alpha = np.where(spread > 0, 1 - (values - 1) * (values - 2 * agreed) / spread, np.nan)
+        recall = np.where(reference > 0, diagonal / reference, np.nan)
+        uar = _mean_present(recall, reference > 0)
+        used = (reference + candidate) > 0
+        f1 = np.where(used, 2 * diagonal / (reference + candidate), np.nan)
+        macro = _mean_present(f1, used)
+    return {
+        "n": n,
+        "accuracy": accuracy,
+        "change_rate": 1 - accuracy,
+        "cohen_kappa": kappa,
+        "krippendorff_alpha": alpha,
+        "uar": uar,
+        "macro_f1": macro,
+    }
+
+
+def _mean_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    counted = present.sum(axis=-1)
+    total = np.where(present, values, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counted > 0, total / counted, np.nan)
+
+
+def per_class_scores(confusion: pd.DataFrame) -> pd.DataFrame:
+    """Per class of a confusion matrix (reference rows, candidate columns), the reference taken as the truth:
+    how often each source uses it, how often they agree on it, precision, recall and F1 (NaN where undefined:
+    precision of a class the candidate never uses, recall of one the reference never uses)."""
+    counts = confusion.to_numpy().astype(float)
+    reference = counts.sum(axis=1)
+    candidate = counts.sum(axis=0)
+    agreed = np.diag(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(candidate > 0, agreed / candidate, np.nan)
+        recall = np.where(reference > 0, agreed / reference, np.nan)
+        f1 = np.where(reference + candidate > 0, 2 * agreed / (reference + candidate), np.nan)
+    return pd.DataFrame(
+        {
+            "reference": reference.astype(int),
+            "candidate": candidate.astype(int),
+            "agreed": agreed.astype(int),
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+        },
+        index=confusion.index,
+    )
 
 
 def classification_scores(reference, candidate, labels=None) -> dict[str, float]:

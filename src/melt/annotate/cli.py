@@ -6,13 +6,18 @@ from pathlib import Path
 from typing import Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from melt import terminal
+
 EXIT_INCOMPLETE = 3
+#: The server model asked for when none is given (`melt.annotate.config.DEFAULT_SERVER_MODEL`, not imported
+#: here so that `melt --help` does not load pydantic; tests/test_cli_help.py checks they agree).
+DEFAULT_SERVER_MODEL = "gpt-4o-2024-08-06"
 
 
 def annotate_command(
+    context: typer.Context,
     corpus: Path = typer.Argument(
         ...,
         help="Corpus table (.parquet or .csv) with one utterance per row; or a run folder, to continue it with "
@@ -25,55 +30,71 @@ def annotate_command(
         help="Run folder: request store, annotations, run.json (required unless CORPUS is a run folder).",
     ),
     config_file: Path | None = typer.Option(
-        None, "--config", help="YAML file of settings; flags override it."
+        None, "--config", help="YAML file of settings; flags override it.", show_default="none"
     ),
     base_url: str | None = typer.Option(
         None,
         "--base-url",
-        help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Without it: OpenAI if the API key is "
-        "set, else the bundled local model (offline).",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Without it: OpenAI (or $OPENAI_BASE_URL) "
+        "if the API key is set, else the bundled local model (offline).",
+        show_default="none",
     ),
     model: str | None = typer.Option(
         None,
         "--model",
-        help="Server model name (default gpt-4o-2024-08-06), or the path of a .gguf file to run locally.",
+        help="Server model name, or the path of a .gguf file to run locally.",
+        show_default=f"{DEFAULT_SERVER_MODEL} on a server, the bundled model offline",
     ),
     n_ctx: int | None = typer.Option(
-        None, "--n-ctx", help="Local models: fixed context size in tokens (default: grows to fit the prompt)."
+        None,
+        "--n-ctx",
+        help="Local models: fixed context size in tokens.",
+        show_default="grows to fit the prompt",
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="Local models: CPU threads (default: see docs/local.md)."
+        None, "--threads", help="Local models: CPU threads.", show_default="see docs/local.md"
     ),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY)."
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."
     ),
-    prompt: str | None = typer.Option(None, "--prompt", help="melt, dialogue, cot, or a template file."),
-    schema: str | None = typer.Option(None, "--schema", help="Answer schema: paper or structured."),
-    context_turns: int | None = typer.Option(None, "--context-turns", help="Preceding lines for 'dialogue'."),
-    samples: int | None = typer.Option(None, "--samples", help="Answers per utterance (default 1)."),
-    temperature: float | None = typer.Option(
-        None, "--temperature", help="Sampling temperature (default 1.0)."
+    prompt: str = typer.Option(
+        "melt",
+        "--prompt",
+        metavar="[melt|dialogue|cot|FILE]",
+        help="Built-in prompt template, or a template file (docs/prompts.md).",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed sent to the server (sample i gets seed + i)."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Reply length cap (default 800)."),
-    concurrency: int | None = typer.Option(
+    schema: Literal["paper", "structured"] = typer.Option(
+        "paper", "--schema", help="Answer schema: the paper's nested JSON, or a flat structured one."
+    ),
+    context_turns: int = typer.Option(
+        5, "--context-turns", help="Preceding lines shown by the 'dialogue' template."
+    ),
+    samples: int = typer.Option(1, "--samples", help="Answers per utterance."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    seed: int | None = typer.Option(
         None,
-        "--concurrency",
-        "-j",
-        help="Most requests in flight (default 8; halved on 429s and timeouts, then regained).",
+        "--seed",
+        help="Seed sent to the server (sample i gets seed + i).",
+        show_default="none: the server's own",
     ),
-    timeout: float | None = typer.Option(None, "--timeout", help="Seconds for one whole reply (default 60)."),
-    max_retries: int | None = typer.Option(None, "--max-retries", help="Retries per request (default 6)."),
-    backoff_max: float | None = typer.Option(
-        None,
+    max_tokens: int = typer.Option(800, "--max-tokens", help="Reply length cap."),
+    concurrency: int = typer.Option(
+        8, "--concurrency", "-j", help="Most requests in flight (halved on 429s and timeouts, then regained)."
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds for one whole reply."),
+    max_retries: int = typer.Option(6, "--max-retries", help="Retries per request."),
+    backoff_max: float = typer.Option(
+        60.0,
         "--backoff-max",
-        help="Longest wait before a retry, in seconds (default 60); a server asking to wait longer stops the "
-        "run (rerun later).",
+        help="Longest wait before a retry, in seconds; a server asking to wait longer stops the run (rerun "
+        "later).",
     ),
     max_cost: float | None = typer.Option(
-        None, "--max-cost", help="Stop before this invocation spends more USD."
+        None, "--max-cost", help="Stop before this invocation spends more USD.", show_default="no limit"
     ),
-    limit: int | None = typer.Option(None, "--limit", help="Annotate only the first N utterances."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Annotate only the first N utterances.", show_default="all"
+    ),
     no_logprobs: bool = typer.Option(False, "--no-logprobs", help="Do not ask for log probabilities."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Estimate tokens and cost; send nothing."),
     force_reuse: bool = typer.Option(
@@ -156,52 +177,57 @@ def annotate_command(
     from melt.annotate.run import RunInterrupted, cancel_batches, estimate_run, run_annotation
     from melt.errors import MeltError
 
+    given = terminal.options_given(context)
     if panel is not None:
         # What a panel decides itself: these flags would be silently ignored.
-        for flag, value in (("--temperature", temperature), ("--samples", samples), ("--prompt", prompt),
-                            ("--schema", schema)):  # fmt: skip
-            if value is not None:
+        for flag in ("temperature", "samples", "prompt", "schema"):
+            if flag in given:
                 raise MeltError(
-                    f"{flag} does not apply to a panel: each annotator has its own temperature and answers once, "
+                    f"--{flag} does not apply to a panel: each annotator has its own temperature and answers once, "
                     "with the panel's template and one label (set them in a panel file)"
                 )
     if long_audio is not None and long_audio not in ("trim", "split"):
         raise MeltError(f"--long-audio takes trim or split, not {long_audio!r}")
 
     table, out, recorded = resolve_run_folder(corpus, out, need_corpus=not cancel_batch)
+    # Flags left at their defaults override neither the --config file nor what a run folder recorded.
+    settings = {
+        "base_url": base_url,
+        "model": model,
+        "n_ctx": n_ctx,
+        "threads": threads,
+        "api_key_env": api_key_env,
+        "prompt": prompt,
+        "schema_kind": schema,
+        "context_turns": context_turns,
+        "samples": samples,
+        "temperature": temperature,
+        "seed": seed,
+        "max_tokens": max_tokens,
+        "concurrency": concurrency,
+        "timeout": timeout,
+        "max_retries": max_retries,
+        "backoff_max": backoff_max,
+        "max_cost": max_cost,
+        "limit": limit,
+        "logprobs": False if no_logprobs else None,
+        "batch": batch,
+        "batch_wait": wait,
+        "batch_repair": batch_repair,
+        "panel": panel,
+        "annotators": annotators,
+        "audio": audio or None,
+        "max_audio_seconds": max_audio_seconds,
+        "long_audio": long_audio,
+        "allow_ignored_audio": allow_ignored_audio or None,
+    }
+    flag_of = {"schema_kind": "schema", "logprobs": "no_logprobs", "batch_wait": "wait"}
     config = AnnotateConfig.load(
         config_file,
         recorded=recorded,
-        base_url=base_url,
-        model=model,
-        n_ctx=n_ctx,
-        threads=threads,
-        api_key_env=api_key_env,
-        prompt=prompt,
-        schema_kind=schema,
-        context_turns=context_turns,
-        samples=samples,
-        temperature=temperature,
-        seed=seed,
-        max_tokens=max_tokens,
-        concurrency=concurrency,
-        timeout=timeout,
-        max_retries=max_retries,
-        backoff_max=backoff_max,
-        max_cost=max_cost,
-        limit=limit,
-        logprobs=False if no_logprobs else None,
-        batch=batch,
-        batch_wait=wait,
-        batch_repair=batch_repair,
-        panel=panel,
-        annotators=annotators,
-        audio=audio or None,
-        max_audio_seconds=max_audio_seconds,
-        long_audio=long_audio,
-        allow_ignored_audio=allow_ignored_audio or None,
+        **{name: value for name, value in settings.items() if flag_of.get(name, name) in given},
     )
-    console = Console(highlight=False)
+    console = terminal.console()
     if cancel_batch:
         report, records = cancel_batches(out, config, wait=config.batch_wait, progress=not quiet)
         console.print(batches_table(records, f"melt annotate --cancel-batch: {out}"))

@@ -161,7 +161,7 @@ class AnnotateConfig(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in run.json: a base URL without its credentials."""
-        from melt.llm.openai import safe_url
+        from melt.provenance import safe_url
 
         data = self.model_dump(mode="json")
         if self.base_url:

@@ -577,6 +577,8 @@ class Annotator:
 
     def _finish(self, outcome: SampleOutcome, validation: Validation, reply: StoredReply) -> None:
         outcome.flags = list(validation.flags)
+        # Kept for usable answers too: the reply as the model wrote it, for a reader checking the parsed fields.
+        outcome.raw_reply = reply.content
         if validation.ok:
             outcome.status = "ok"
             outcome.answer = validation.answer
@@ -586,7 +588,6 @@ class Annotator:
             # Never a guessed label: the reply is kept for a human to read.
             outcome.status = "invalid"
             outcome.error = validation.error
-            outcome.raw_reply = reply.content
 
     # -- one request ----------------------------------------------------------------------------------------
 
@@ -966,5 +967,6 @@ def aggregate(
         else None,
         samples=len(valid),
         agreement=agreement,
+        raw_reply=chosen.raw_reply,
     )
     return row

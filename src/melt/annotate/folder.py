@@ -117,6 +117,14 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def prompt_name(template: str) -> str:
+    """A template as runs record it: a built-in by its name, a template file by its file name (the same file
+    given another way is the same prompt; its content is in the template hash)."""
+    from melt.prompts import BUILTIN_TEMPLATES, PANEL_TEMPLATES
+
+    return template if template in BUILTIN_TEMPLATES + PANEL_TEMPLATES else Path(template).name
+
+
 def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the replies of a run (an `AnnotateConfig`, its `PromptConfig`, the backend's
     `identity()`). Settings that only decide how many are asked, how fast, or at what cost are left out
@@ -125,14 +133,10 @@ def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) 
     run is what it always was."""
     from melt.annotate.audio import audio_settings
     from melt.annotate.panel import panel_of
-    from melt.prompts import BUILTIN_TEMPLATES, PANEL_TEMPLATES
 
-    builtin = prompt.template in BUILTIN_TEMPLATES + PANEL_TEMPLATES
     identity = {
         "backend": dict(backend_identity),
-        # A template file by its name, not its path: the same file given another way is the same prompt (its
-        # content is in the hash below).
-        "prompt": prompt.template if builtin else Path(prompt.template).name,
+        "prompt": prompt_name(prompt.template),
         "prompt_hash": prompt.template_hash(),
         "schema": prompt.schema_kind,
         "labels": list(config.labels.labels),

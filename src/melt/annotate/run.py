@@ -89,6 +89,36 @@ _DTYPES = {
     "agreement": "Float64",
     "cost_usd": "Float64",
 }
+#: Corpus columns written next to each answer when the corpus has them, so that annotations.csv stands alone
+#: (the human `label` beside the LLM's `emotion`); `model` and `prompt` follow the answer columns.
+CORPUS_COLUMNS: tuple[str, ...] = ("text", "speaker", "label")
+#: What each column of annotations.csv/.parquet holds (run.json repeats it under "columns").
+COLUMN_MEANINGS: dict[str, str] = {
+    "id": "the utterance's id in the corpus table",
+    "text": "the utterance, from the corpus",
+    "speaker": "who says it, from the corpus",
+    "label": "the corpus's own (human) label, when it has one",
+    "status": "ok, invalid, failed or pending (see docs/annotate.md)",
+    "character": "the LLM's answer: the character it names",
+    "context": "the LLM's answer: a brief context",
+    "emotion": "the LLM's answer: the emotion, normalised to the label set (empty unless status is ok)",
+    "loudness": "the LLM's answer: the voice's loudness",
+    "pitch": "the LLM's answer: the voice's pitch",
+    "rhythm_speed": "the LLM's answer: the voice's rhythm speed",
+    "emotional_impact": "the LLM's answer: the overall emotional impact",
+    "flags": "what the validation noticed, ';'-separated (see docs/annotate.md)",
+    "confidence": "the label's probability from the model's log probabilities (or the samples' agreement)",
+    "distribution": "with --samples: each label's share of the valid samples, as JSON",
+    "samples": "valid samples behind the answer",
+    "agreement": "share of the valid samples that gave the majority label",
+    "error": "why no usable answer was obtained (invalid, failed)",
+    "raw_reply": "the model's reply as written: the chosen sample's for ok rows, the last one for invalid rows",
+    "prompt_tokens": "prompt tokens billed for the row (all samples and re-asks)",
+    "completion_tokens": "completion tokens billed for the row",
+    "cost_usd": "what the row cost, when the model's price is known",
+    "model": "the model that answered",
+    "prompt": "the prompt template (its full text is in run.json)",
+}
 #: Completion tokens assumed per answer for an estimate when the store has no real replies yet: the paper's
 #: JSON answer runs to about 100 tokens; free-text (chain-of-thought) replies run longer.
 TYPICAL_COMPLETION_TOKENS = {False: 120, True: 450}
@@ -283,13 +313,24 @@ def run_annotation(
     if backend is None:
         _check_audio_backend(config, choose_backend(config).kind)
     utterances = prepare(table, config, prompt, source=source)
+    corpus_columns = table[["id", *(c for c in CORPUS_COLUMNS if c in table.columns)]]
     with RunLock(out_dir):
         remove_stale_temporaries(out_dir)
         if backend is None:
             backend = make_backend(config)
         _check_audio_backend(config, backend.name)
         result = _run_to_completion(
-            _run(utterances, config, prompt, backend, out_dir, corpus_path, progress, force_reuse)
+            _run(
+                utterances,
+                config,
+                prompt,
+                backend,
+                out_dir,
+                corpus_path,
+                progress,
+                force_reuse,
+                corpus_columns=corpus_columns,
+            )
         )
     if result.stats.interrupted:
         raise RunInterrupted(result, signal.Signals[result.stats.interrupted])
@@ -315,6 +356,8 @@ async def _run(
     corpus_path: str | Path | None,
     progress: bool,
     force_reuse: bool,
+    *,
+    corpus_columns: pd.DataFrame | None = None,
 ) -> RunResult:
     store = RequestStore(out_dir / STORE_NAME)
     started = datetime.now(UTC)
@@ -374,6 +417,7 @@ async def _run(
             for column in OUTPUT_COLUMNS:
                 if column not in _DTYPES:
                     annotations[column] = annotations[column].astype("string")
+            annotations = with_corpus_columns(annotations, corpus_columns, backend.model, prompt)
             votes = panel_summary = None
             panel = panel_of(config)
             if panel is not None:
@@ -451,7 +495,6 @@ class _signals_stop:
 
 
 async def _with_progress(annotator: Annotator, utterances: list[Utterance], config: AnnotateConfig):
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -461,6 +504,8 @@ async def _with_progress(annotator: Annotator, utterances: list[Utterance], conf
         TimeRemainingColumn,
     )
 
+    from melt import terminal
+
     columns = (
         TextColumn("[bold]annotating"),
         BarColumn(),
@@ -469,7 +514,7 @@ async def _with_progress(annotator: Annotator, utterances: list[Utterance], conf
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with Progress(*columns, console=terminal.console(stderr=True), transient=False) as bar:
         task = bar.add_task("annotate", total=len(utterances) * len(annotator.variants), status="")
 
         def done(stats: RunStats) -> None:
@@ -479,6 +524,27 @@ async def _with_progress(annotator: Annotator, utterances: list[Utterance], conf
 
         annotator.on_job_done = done
         return await annotator.run(utterances)
+
+
+def with_corpus_columns(
+    annotations: pd.DataFrame, corpus: pd.DataFrame | None, model: str, prompt: PromptConfig
+) -> pd.DataFrame:
+    """`annotations` with the corpus's `CORPUS_COLUMNS` after `id` (matched by id) and the `model` and `prompt`
+    (the template's name) of every row at the end: the table reads without the corpus."""
+    from melt.annotate.folder import prompt_name
+
+    joined = annotations
+    if corpus is not None:
+        present = [c for c in CORPUS_COLUMNS if c in corpus.columns and c not in annotations.columns]
+        columns = corpus[["id", *present]].drop_duplicates("id").astype({"id": "string"})
+        joined = annotations.merge(columns, on="id", how="left")
+        joined = joined[["id", *present, *(c for c in annotations.columns if c != "id")]]
+        for column in present:
+            joined[column] = joined[column].astype("string")
+    return joined.assign(
+        model=pd.Series(model, index=joined.index, dtype="string"),
+        prompt=pd.Series(prompt_name(prompt.template), index=joined.index, dtype="string"),
+    )
 
 
 def _write_outputs(
@@ -491,7 +557,31 @@ def _write_outputs(
 ) -> None:
     """annotations.parquet, annotations.csv and run.json, all three written before any replaces its old
     version, so the folder never holds tables of different invocations side by side."""
+    from melt import provenance
+    from melt.prompts import template_text
+
     statuses = Counter(result.annotations["status"].astype(str))
+    settings = config.public()
+    made = provenance.record(
+        inputs={"corpus": corpus_path},
+        settings=settings,
+        api=provenance.api_call(
+            run_annotation,
+            Path(corpus_path) if corpus_path is not None else pd.DataFrame(),
+            config,
+            result.out_dir,
+        ),
+        backend=result.backend,
+        model=result.model,
+        who_answers=(result.identity or {}).get("backend"),
+        response_format=result.response_format,
+        prompt={
+            "template": prompt.template,
+            "template_hash": prompt.template_hash(),
+            "schema_kind": prompt.schema_kind,
+            "text": template_text(prompt),
+        },
+    )
     payload = {
         "melt_version": __version__,
         "started": started.isoformat(timespec="seconds"),
@@ -499,13 +589,9 @@ def _write_outputs(
         "corpus": str(Path(corpus_path).resolve()) if corpus_path is not None else None,
         "backend": result.backend,
         "model": result.model,
-        "prompt": {
-            "template": prompt.template,
-            "schema_kind": prompt.schema_kind,
-            "template_hash": prompt.template_hash(),
-        },
+        "prompt": made["prompt"],
         "response_format": result.response_format,
-        "config": config.public(),
+        "config": settings,
         "identity": result.identity,
         "utterances": len(result.annotations),
         "status": dict(sorted(statuses.items())),
@@ -514,6 +600,8 @@ def _write_outputs(
         "stop_reason": result.stats.stop_reason,
         "this_invocation": result.stats.to_json(),
         "totals": result.totals,
+        "columns": COLUMN_MEANINGS,
+        "provenance": made,
     }
     if result.batch is not None:
         payload["batch"] = result.batch
@@ -675,6 +763,7 @@ def estimate_run(
 
 
 __all__ = [
+    "CORPUS_COLUMNS",
     "OUTPUT_COLUMNS",
     "RESPONSE_FORMATS",
     "CostEstimate",

@@ -23,6 +23,37 @@ from pydantic import ValidationError
 from melt.corpus.labels import LabelSet, _clean
 from melt.prompts import PromptConfig, answer_model, prompt_labels
 
+#: Every flag a row of annotations.csv can carry (`flags`, `;`-separated), by the name before any `:`, with what
+#: it means: the validator raises the first four, the engine the last two. Reports print these as their legend.
+FLAG_MEANINGS: dict[str, str] = {
+    "json_repaired": "the reply's JSON had a trailing comma, removed before it was read (nothing else changed)",
+    "label_synonym": "the model named the emotion by a synonym (e.g. 'happy'), mapped to its label (joy)",
+    "character_mismatch": "the character the model names is not the corpus's speaker (first names compared, "
+    "ignoring case): it may have misread who speaks",
+    "off_label:X": "the model's emotion X is not in the label set: the answer was rejected (never mapped to a "
+    "label), and the row is invalid unless the re-ask fixed it",
+    "re_asked": "the first answer was unusable; the model was asked once more, with the reason, and this row "
+    "holds its second answer",
+    "invalid_samples:N": "with --samples, N of the samples gave no usable answer; the label is the majority of "
+    "the others",
+}
+#: Every `status` of a row of annotations.csv, with what it means.
+STATUS_MEANINGS: dict[str, str] = {
+    "ok": "a usable answer: the emotion is in the label set",
+    "invalid": "the model answered, but no answer was usable, even after the re-ask; the raw reply and the reason "
+    "(error) are kept, and no label is given",
+    "failed": "no reply after the retries (server errors, timeouts); rerunning the command retries it",
+    "pending": "not asked yet: the run stopped first (--max-cost, Ctrl-C, a server asking to wait); rerunning "
+    "continues it",
+}
+
+
+def flag_name(flag: str) -> str:
+    """The legend entry of a flag: `off_label:frustration` -> `off_label:X`, `invalid_samples:2` ->
+    `invalid_samples:N`."""
+    name = flag.split(":", 1)[0]
+    return next((key for key in FLAG_MEANINGS if key.split(":", 1)[0] == name), name)
+
 
 @dataclass
 class Validation:

@@ -139,12 +139,13 @@ class Measured:
 
 def measure(paths: Sequence[str | Path], *, progress: bool = False) -> Measured:
     """`header_duration` of every path, with a progress bar on stderr when asked."""
-    from rich.console import Console
     from rich.progress import Progress
+
+    from melt import terminal
 
     durations: list[float | None] = []
     reasons: list[str | None] = []
-    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+    with Progress(console=terminal.console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task("Reading audio headers", total=len(paths))
         for path in paths:
             try:

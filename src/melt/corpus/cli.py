@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from melt import terminal
 from melt.errors import MeltError
 from melt.outputs import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-corpus_app = typer.Typer(
-    help=(
-        "Build utterance tables from MELD, MELT, emotional speech corpora (IEMOCAP, TESS, RAVDESS, CREMA-D, "
-        "MSP-Podcast) or any CSV/Parquet file; make speaker-independent folds; describe a table."
-    ),
-    no_args_is_help=True,
+corpus_app = terminal.command_group(
+    "Build utterance tables from MELD, MELT, emotional speech corpora (IEMOCAP, TESS, RAVDESS, CREMA-D, "
+    "MSP-Podcast) or any CSV/Parquet file; make speaker-independent folds; describe a table."
 )
 
 OUT_HELP = "Output utterance table: .parquet or .csv."
@@ -32,7 +29,7 @@ def _finish(table: pd.DataFrame, out: Path, select: str | None) -> None:
     from melt.corpus.selection import SelectionConfig
     from melt.corpus.selection import select as apply_selection
 
-    console = Console()
+    console = terminal.console()
     if select:
         result = apply_selection(table, SelectionConfig.load(select).filters())
         steps = Table(title=f"selection: {select}")
@@ -87,7 +84,9 @@ def meld_command(
         ..., help="Folder with MELD's train/dev/test_sent_emo.csv (or one such file)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    select: str | None = typer.Option(None, "--select", help=SELECT_HELP),
+    select: str | None = typer.Option(
+        None, "--select", metavar="[melt|FILE]", help=SELECT_HELP, show_default="none: every utterance"
+    ),
     splits: str = typer.Option(
         "train,dev,test", "--splits", help="Comma-separated splits to read from a folder."
     ),
@@ -104,7 +103,9 @@ def meld_command(
 def melt_command(
     csv: Path = typer.Argument(..., help="A published MELT CSV (meld_train.csv or meld_test.csv)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    split: str | None = typer.Option(None, "--split", help="Split of the rows; default: from the file name."),
+    split: str | None = typer.Option(
+        None, "--split", help="Split of the rows.", show_default="from the file name"
+    ),
 ) -> None:
     """A published MELT file as an utterance table: MELD's label as `label`, GPT-4o's as `llm_label`."""
     from melt.corpus.loaders import load_melt_csv
@@ -119,10 +120,18 @@ def import_command(
     path: Path = typer.Argument(..., help="Any CSV or Parquet file with one utterance per row."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     column: list[str] = typer.Option(
-        [], "--column", "-c", help="Map a schema column to the file's column: text=transcript (repeatable)."
+        [],
+        "--column",
+        "-c",
+        help="Map a schema column to the file's column: text=transcript (repeatable).",
+        show_default="the file's own names",
     ),
-    split: str | None = typer.Option(None, "--split", help="Set the split of every row."),
-    select: str | None = typer.Option(None, "--select", help=SELECT_HELP),
+    split: str | None = typer.Option(
+        None, "--split", help="Set the split of every row.", show_default="the file's split column, if any"
+    ),
+    select: str | None = typer.Option(
+        None, "--select", metavar="[melt|FILE]", help=SELECT_HELP, show_default="none: every utterance"
+    ),
 ) -> None:
     """Any CSV/Parquet as an utterance table, renaming columns as mapped (see docs/corpus-schema.md)."""
     from melt.corpus.loaders import load_table
@@ -145,7 +154,7 @@ ROOT_HELP = "The corpus's root folder, in its official layout (see docs/corpus-s
 def iemocap_command(
     root: Path = typer.Argument(..., help="IEMOCAP's release folder, the one holding Session1..Session5."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    classes: str = typer.Option(
+    classes: Literal["4", "all"] = typer.Option(
         "4", "--classes", help="4: neu, hap+exc (joy), sad, ang (the field's 5,531); all: every label."
     ),
 ) -> None:
@@ -193,10 +202,13 @@ def cremad_command(
     root: Path = typer.Argument(..., help=ROOT_HELP + " Clips like AudioWAV/1001_DFA_ANG_XX.wav."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
     votes: Path | None = typer.Option(
-        None, "--votes", help="CREMA-D's finishedResponses.csv: per-rater responses become `votes`."
+        None,
+        "--votes",
+        help="CREMA-D's finishedResponses.csv: per-rater responses become `votes`.",
+        show_default="none: no votes",
     ),
-    vote_channel: str = typer.Option(
-        "voice", "--vote-channel", help="Responses to count: voice, face, audiovisual or all (queryType)."
+    vote_channel: Literal["voice", "face", "audiovisual", "all"] = typer.Option(
+        "voice", "--vote-channel", help="Responses to count, by what the raters were shown (queryType)."
     ),
 ) -> None:
     """CREMA-D: 7,442 clips, 6 emotions; the level (LO/MD/HI/XX) as `intensity`; gender from
@@ -226,9 +238,11 @@ def msppodcast_command(
 def folds_command(
     table_path: Path = typer.Argument(..., metavar="TABLE", help="Utterance table (CSV or Parquet)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    by: str = typer.Option("speaker", "--by", help="Keep each speaker (or each session) within one fold."),
+    by: Literal["speaker", "session"] = typer.Option(
+        "speaker", "--by", help="Keep each speaker (or each session) within one fold."
+    ),
     k: int | None = typer.Option(
-        None, "--k", help="Number of folds (default: 5 by speaker; one per session by session)."
+        None, "--k", help="Number of folds.", show_default="5 by speaker; one per session by session"
     ),
     seed: int = typer.Option(0, "--seed", help="Orders groups of equal size; same seed, same folds."),
 ) -> None:
@@ -244,7 +258,7 @@ def folds_command(
         k = int(table[by].nunique()) if by == "session" and by in table.columns else 5
     table["fold"] = assign_folds(table, by=by, k=k, seed=seed, source=table_path)
     overlap = speaker_overlap(table, parts="fold")
-    console = Console()
+    console = terminal.console()
     counts = table.groupby("fold").agg(utterances=("id", "size"), speakers=("speaker", "nunique"))
     summary = Table(title=f"{k} folds by {by} (seed {seed})")
     for column in ("fold", "utterances", "speakers"):
@@ -276,7 +290,7 @@ def overlap_command(
     parts = table[between].dropna().nunique()
     if parts < 2:
         raise MeltError(f"column {between!r} has {parts} value(s): no two parts to compare", file=table_path)
-    console = Console()
+    console = terminal.console()
     if overlap.empty:
         console.print(
             f"no speaker is in two {between}s ({parts} {between}s, {table['speaker'].nunique()} speakers)"
@@ -308,5 +322,5 @@ def describe_command(
 
     check_output_folder(out)
     description = write_description(read_table(table_path), out, source=table_path)
-    print_description(description, Console())
-    Console().print(f"written to {out}/ (describe.json, {', '.join(description['figures'])})")
+    print_description(description, terminal.console())
+    terminal.console().print(f"written to {out}/ (describe.json, {', '.join(description['figures'])})")

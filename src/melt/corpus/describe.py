@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -106,19 +105,17 @@ def _votes_summary(votes: list[dict[str, dict[str, float]]]) -> dict:
 
 def write_description(table: pd.DataFrame, out_dir: str | Path, *, source: str | Path) -> dict:
     """`describe_table` plus how it was made, written to `out_dir/describe.json` with its figures."""
-    from melt import __version__
+    from melt import provenance
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     description = describe_table(table, source=source)
     figures = _figures(table, description, out_dir)
     description["figures"] = [p.name for p in figures]
-    description["made_by"] = {
-        "melt": __version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "table": str(Path(source).resolve()) if str(source) != "<table>" else str(source),
-        "command": "melt corpus describe",
-    }
+    description["provenance"] = provenance.record(
+        inputs={"table": source if Path(source).is_file() else None},
+        api=provenance.api_call(write_description, table, out_dir, source=source),
+    )
     text = json.dumps(description, indent=2, ensure_ascii=False)
     atomic_write(out_dir / "describe.json", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     return description
@@ -145,6 +142,7 @@ def _figures(table: pd.DataFrame, description: dict, out_dir: Path) -> list[Path
         axis.hist(durations, bins=HISTOGRAM_BINS, color="#4477aa")
     axis.set_xlabel("duration (s)")
     axis.set_ylabel("utterances")
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_title(
         f"{len(durations)} durations, {description['hours']:.2f} h ({description['duration']['missing']} missing)"
     )
@@ -158,9 +156,11 @@ def _figures(table: pd.DataFrame, description: dict, out_dir: Path) -> list[Path
     if not counts.empty:
         counts.sort_index().plot.bar(ax=axis, width=0.8)
         axis.legend(title=part or "", fontsize=8)
+    axis.set_xlabel("label")
     axis.set_ylabel("utterances")
     axis.yaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_title(f"labels per {part}" if part else "labels")
+    axis.tick_params(axis="x", labelrotation=30)
+    axis.set_title(f"Labels per {part}" if part else "Labels")
     save(figure, "labels.png")
 
     per_utterance = description["votes"]["raters_per_utterance"]
@@ -172,7 +172,9 @@ def _figures(table: pd.DataFrame, description: dict, out_dir: Path) -> list[Path
         axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("raters per utterance")
         axis.set_ylabel("utterances")
-        axis.set_title(f"votes: {description['votes']['utterances_with_votes']} utterances")
+        axis.set_title(
+            f"Raters per utterance ({description['votes']['utterances_with_votes']} utterances with votes)"
+        )
         save(figure, "votes.png")
     return written
 

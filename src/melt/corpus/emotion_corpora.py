@@ -11,7 +11,6 @@ was expected where.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from melt.corpus.folds import assign_folds, default_k
 from melt.corpus.labels import CORPUS_LABELS, corpus_label, rater_label
 from melt.corpus.schema import conform, rater_votes, read_any, votes_json
 from melt.errors import MeltError
+from melt.provenance import file_sha256
 
 IEMOCAP_CLASSES: tuple[str, ...] = ("4", "all")
 #: The field's 4-class IEMOCAP: neutral, happy merged with excited, sad, angry (5,531 utterances).
@@ -125,15 +125,7 @@ def _one_file_per_name(files: dict[str, list[Path]], root: Path, notes: list[str
 def _same_content(a: Path, b: Path) -> bool:
     if a.stat().st_size != b.stat().st_size:
         return False
-    return _sha256(a) == _sha256(b)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(a) == file_sha256(b)
 
 
 def _unmatched_note(paths: list[Path], root: Path, expected: str, notes: list[str]) -> None:

@@ -64,7 +64,7 @@ class BackendChoice:
         """The identity the backend will report (`identity()` of `melt.llm.base`), without making it: what a dry
         run checks against a run folder. None when it cannot be known (the bundled model is not installed)."""
         if self.kind == "openai":
-            from melt.llm.openai import safe_url
+            from melt.provenance import safe_url
 
             return {
                 "kind": "openai",
@@ -85,7 +85,7 @@ def choose_backend(config: AnnotateConfig) -> BackendChoice:
 
     A `--base-url` means that server (the key is optional: local vLLM, llama.cpp and Ollama servers need
     none). Without one, a `--model` ending in .gguf is that file run in-process by llama.cpp; an API key in
-    the environment means OpenAI itself; and with neither, the bundled small model runs in-process, so that
+    the environment means OpenAI itself (or `$OPENAI_BASE_URL` when set, as for OpenAI's client); and with neither, the bundled small model runs in-process, so that
     melt works offline out of the box.
     """
     from melt.annotate.config import DEFAULT_SERVER_MODEL
@@ -97,7 +97,9 @@ def choose_backend(config: AnnotateConfig) -> BackendChoice:
     if os.environ.get(config.api_key_env):
         from melt.llm.openai import OPENAI_BASE_URL
 
-        return BackendChoice("openai", config.model or DEFAULT_SERVER_MODEL, OPENAI_BASE_URL)
+        # As OpenAI's own client does: $OPENAI_BASE_URL stands in for OpenAI's address (a gateway, a proxy).
+        base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        return BackendChoice("openai", config.model or DEFAULT_SERVER_MODEL, base_url)
     if config.model is not None:
         raise BackendError(
             f"--model {config.model!r} needs a server: pass --base-url, or put an API key in "

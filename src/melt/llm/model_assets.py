@@ -7,22 +7,13 @@ so a cached file that was truncated or damaged since is detected and assembled a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 from melt.llm.base import BackendError
+from melt.provenance import cache_dir, cached_sha256
 
 GGUF_MAGIC = b"GGUF"
-
-
-def cache_dir() -> Path:
-    """`$MELT_CACHE`, else `$XDG_CACHE_HOME/melt`, else `~/.cache/melt`."""
-    if env := os.environ.get("MELT_CACHE"):
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "melt"
 
 
 def check_gguf(path: str | Path) -> Path:
@@ -47,50 +38,6 @@ def check_gguf(path: str | Path) -> Path:
             file=path,
         )
     return path.absolute()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-HASH_CACHE = "sha256.json"
-
-
-def cached_sha256(path: str | Path) -> str:
-    """sha256 of a (large) file, remembered in melt's cache by path, size, inode and modification times, so a
-    multi-GB model is hashed once, not at every run; a file changed in any of these is hashed again."""
-    path = Path(path).absolute()
-    stat = path.stat()
-    fingerprint = [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
-    cache_file = cache_dir() / HASH_CACHE
-    try:
-        cache = json.loads(cache_file.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    entry = cache.get(str(path))
-    if (
-        isinstance(entry, dict)
-        and entry.get("fingerprint") == fingerprint
-        and isinstance(entry.get("sha256"), str)
-    ):
-        return entry["sha256"]
-    digest = sha256_file(path)
-    cache[str(path)] = {"fingerprint": fingerprint, "sha256": digest}
-    # Written whole under a private name and renamed: concurrent runs lose an entry at worst, never the file.
-    tmp = cache_file.with_name(f".{HASH_CACHE}.{os.getpid()}.tmp")
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, cache_file)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # an unwritable cache only costs hashing again next time
-    return digest
 
 
 def bundled_model_path() -> Path:

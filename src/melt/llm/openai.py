@@ -43,6 +43,7 @@ from melt.llm.base import (
     RetryableError,
     wire_messages,
 )
+from melt.provenance import safe_url
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -80,20 +81,6 @@ _OWNERS = {"vllm": "vllm", "llamacpp": "llama.cpp", "me": "llama-cpp-python", "l
 #: Requests a family's server works on at once (llama-cpp-python's server has one model and one slot: more
 #: requests in flight only queue there, and time out while queued).
 _FAMILY_CONCURRENCY = {"llama-cpp-python": 1}
-
-
-def safe_url(url: str) -> str:
-    """`url` without credentials (user, password) and with its query's values masked: fit for errors, logs and
-    metadata."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        return re.sub(r"//[^/@]*@", "//", str(url))
-    if parsed.user is not None or parsed.password is not None:
-        parsed = parsed.with_user(None).with_password(None)
-    if parsed.query_string:
-        parsed = parsed.with_query({k: "***" for k in parsed.query})
-    return str(parsed)
 
 
 def check_base_url(url: str) -> URL:

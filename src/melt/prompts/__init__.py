@@ -13,7 +13,7 @@ from melt.prompts.config import (
     load_template,
     prompt_labels,
 )
-from melt.prompts.render import build_messages, repair_messages, system_message
+from melt.prompts.render import build_messages, repair_messages, system_message, template_text
 
 __all__ = [
     "BUILTIN_TEMPLATES",
@@ -29,4 +29,5 @@ __all__ = [
     "repair_messages",
     "response_format",
     "system_message",
+    "template_text",
 ]

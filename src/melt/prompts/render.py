@@ -104,6 +104,28 @@ def system_message(config: PromptConfig, focus: str) -> str | None:
     return substitute(template.system, fixed_values(config, focus))
 
 
+#: The re-ask after an unusable answer: the conversation so far, the unusable reply, then this ({error}: why).
+REPAIR_TEXT = (
+    "Your answer could not be used: {error}\n"
+    "Reply again with only the corrected answer as one JSON object in the structure given above."
+)
+
+
+def template_text(config: PromptConfig) -> dict[str, str | None]:
+    """The prompt as sent for every utterance, for the record: the system and user messages with the label list
+    and the answer's JSON structure filled in, and the per-utterance placeholders ({speaker}, {utterance},
+    {context}, ...) left as they are; `repair` is the re-ask sent after an unusable answer."""
+    template = config.load()
+    # a panel annotator's {focus} stays a placeholder: it differs between annotators
+    fixed = {k: v for k, v in fixed_values(config).items() if k != "focus"}
+    values = {name: fixed.get(name, "{" + name + "}") for name in template.placeholders()}
+    return {
+        "system": substitute(template.system, values) if template.system is not None else None,
+        "user": substitute(template.user, values),
+        "repair": REPAIR_TEXT,
+    }
+
+
 def build_messages(
     table: pd.DataFrame,
     config: PromptConfig,
@@ -197,11 +219,5 @@ def repair_messages(messages: list[dict[str, str]], reply_text: str, error: str)
     return [
         *messages,
         {"role": "assistant", "content": reply_text},
-        {
-            "role": "user",
-            "content": (
-                f"Your answer could not be used: {error}\n"
-                "Reply again with only the corrected answer as one JSON object in the structure given above."
-            ),
-        },
+        {"role": "user", "content": REPAIR_TEXT.replace("{error}", error)},
     ]

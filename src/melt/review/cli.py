@@ -8,21 +8,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-review_app = typer.Typer(
-    help="Send doubtful annotations to human reviewers (Label Studio, Argilla) and import their decisions.",
-    no_args_is_help=True,
+from melt import terminal
+
+review_app = terminal.command_group(
+    "Send doubtful annotations to human reviewers (Label Studio, Argilla) and import their decisions."
 )
-preference_app = typer.Typer(
-    help="The MELT paper's blind A/B preference test: build the items, serve the web page, report.",
-    no_args_is_help=True,
+preference_app = terminal.command_group(
+    "The MELT paper's blind A/B preference test: build the items, serve the web page, report."
 )
-_console = Console(highlight=False)
-_errors = Console(stderr=True, highlight=False)
+_console = terminal.console()
+_errors = terminal.console(stderr=True)
 
 
 @contextmanager
@@ -38,51 +38,56 @@ def _os_errors() -> Iterator[None]:
 
 @review_app.command("export")
 def review_export(
+    context: typer.Context,
     run_dir: Path = typer.Argument(..., help="Run folder of `melt annotate` (annotations, run.json)."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Folder for the export (tasks or records, export.json)."
     ),
     corpus: Path | None = typer.Option(
-        None, "--corpus", help="Corpus table the run annotated (default: the one named in run.json)."
+        None, "--corpus", help="Corpus table the run annotated.", show_default="the one named in run.json"
     ),
-    select: str | None = typer.Option(
-        None,
+    select: Literal["doubtful", "changed", "invalid", "all"] = typer.Option(
+        "doubtful",
         "--select",
-        help="doubtful (any reason, default), changed (LLM label differs from the human one), invalid, or all.",
+        help="doubtful: any reason; changed: the LLM's label differs from the human one; invalid: no usable "
+        "answer; all: every utterance.",
     ),
     limit: int | None = typer.Option(
-        None, "--limit", help="Export at most N utterances, most doubtful first."
+        None, "--limit", help="Export at most N utterances, most doubtful first.", show_default="all"
     ),
-    format: str | None = typer.Option(None, "--format", help="labelstudio (default) or argilla."),
+    format: Literal["labelstudio", "argilla"] = typer.Option(
+        "labelstudio", "--format", help="The review tool the export is for."
+    ),
     check: Path | None = typer.Option(
         None,
         "--check",
         help="Output folder (or rows.csv) of `melt acoustics check`: adds acoustic mismatches.",
+        show_default="none",
     ),
     audio_root: Path | None = typer.Option(
         None,
         "--audio-root",
-        help="Folder audio URLs are relative to; for Label Studio the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
-        "(default: the folder above the audio files' common folder; for Argilla and --audio-prefix, that "
-        "common folder).",
+        help="Folder audio URLs are relative to; for Label Studio the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.",
+        show_default="for Label Studio the folder above the audio files' common folder; for Argilla and "
+        "--audio-prefix that common folder",
     ),
     audio_prefix: str | None = typer.Option(
         None,
         "--audio-prefix",
-        help="Put before each relative audio path (default /data/local-files/?d= for Label Studio, "
-        "http://localhost:8081/ for Argilla).",
+        help="Put before each relative audio path.",
+        show_default="/data/local-files/?d= for Label Studio, http://localhost:8081/ for Argilla",
     ),
-    min_agreement: float | None = typer.Option(
-        None, "--min-agreement", help="Doubtful below this self-consistency agreement (default 0.7)."
+    min_agreement: float = typer.Option(
+        0.7, "--min-agreement", help="Doubtful below this self-consistency agreement."
     ),
-    min_confidence: float | None = typer.Option(
-        None, "--min-confidence", help="Doubtful below this label confidence (default 0.5)."
+    min_confidence: float = typer.Option(
+        0.5, "--min-confidence", help="Doubtful below this label confidence."
     ),
-    min_ambiguity: float | None = typer.Option(
-        None, "--min-ambiguity", help="Doubtful at or above this panel vote entropy (default 0.5)."
+    min_ambiguity: float = typer.Option(
+        0.5, "--min-ambiguity", help="Doubtful at or above this panel vote entropy."
     ),
     config: Path | None = typer.Option(
-        None, "--config", help="YAML file of these settings; flags override it."
+        None, "--config", help="YAML file of these settings; flags override it.", show_default="none"
     ),
 ) -> None:
     """Export the run's doubtful utterances (ranked, each with its reasons) for review in Label Studio or Argilla.
@@ -90,21 +95,23 @@ def review_export(
     Reasons: invalid answer, low self-consistency agreement, low confidence, disagreement with the human label,
     acoustic mismatch (with --check), high panel ambiguity (when the run has votes.parquet). See docs/review.md.
     """
+    from melt.outputs import check_output_folder
     from melt.review.export import ExportSettings, export_review
     from melt.review.settings import load_settings
 
-    settings = load_settings(
-        ExportSettings,
-        config,
-        select=select,
-        limit=limit,
-        format=format,
-        audio_root=str(audio_root) if audio_root else None,
-        audio_prefix=audio_prefix,
-        min_agreement=min_agreement,
-        min_confidence=min_confidence,
-        min_ambiguity=min_ambiguity,
-    )
+    check_output_folder(out)
+    given = terminal.options_given(context)
+    values = {
+        "select": select,
+        "limit": limit,
+        "format": format,
+        "audio_root": str(audio_root) if audio_root else None,
+        "audio_prefix": audio_prefix,
+        "min_agreement": min_agreement,
+        "min_confidence": min_confidence,
+        "min_ambiguity": min_ambiguity,
+    }
+    settings = load_settings(ExportSettings, config, **{k: v for k, v in values.items() if k in given})
     with _os_errors():
         result = export_review(run_dir, out, settings, corpus=corpus, check=check)
     chosen = result.selected
@@ -162,7 +169,8 @@ def review_import(
     labels: str | None = typer.Option(
         None,
         "--labels",
-        help="Comma-separated label set to normalise labels with (default: the MELT labels).",
+        help="Comma-separated label set to normalise labels with.",
+        show_default="the seven MELT labels",
     ),
     allow_changed_audio: bool = typer.Option(
         False, "--allow-changed-audio", help="Import even where the audio's sha256 differs from the export's."
@@ -175,7 +183,10 @@ def review_import(
     (column label) with the LLM's labels (llm_label); --candidate human_label with the human ones.
     """
     from melt.corpus.labels import MELT_LABEL_SET, LabelSet
+    from melt.outputs import check_output_file
     from melt.review.decisions import import_review, write_import
+
+    check_output_file(out)
 
     label_set = LabelSet.from_labels(labels.split(",")) if labels else MELT_LABEL_SET
     with _os_errors():
@@ -214,44 +225,50 @@ def review_import(
 
 @preference_app.command("pairs")
 def preference_pairs(
+    context: typer.Context,
     table: Path = typer.Argument(..., help="Table with id, the two description columns and a media column."),
-    a: str | None = typer.Option(None, "--a", help="Column of description A (e.g. llm_label)."),
-    b: str | None = typer.Option(None, "--b", help="Column of description B (e.g. label, the human label)."),
+    a: str | None = typer.Option(
+        None, "--a", help="Column of description A (e.g. llm_label).", show_default="the --config file's"
+    ),
+    b: str | None = typer.Option(
+        None,
+        "--b",
+        help="Column of description B (e.g. label, the human label).",
+        show_default="the --config file's",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Pairs table to write (.parquet or .csv)."),
-    only_different: bool | None = typer.Option(
-        None, "--only-different", help="Keep only items whose two descriptions differ."
+    only_different: bool = typer.Option(
+        False, "--only-different", help="Keep only items whose two descriptions differ."
     ),
     per_label: int | None = typer.Option(
-        None, "--per-label", help="At most N items per group, drawn at random."
+        None, "--per-label", help="At most N items per group, drawn at random.", show_default="all"
     ),
     group: str | None = typer.Option(
-        None, "--group", help="Column the report groups by (default: the --b column)."
+        None, "--group", help="Column the report groups by.", show_default="the --b column"
     ),
-    media: str | None = typer.Option(
-        None, "--media", help="Column of the audio or video file (default audio)."
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of the draw and of the A/B orders (default 0)."
-    ),
+    media: str = typer.Option("audio", "--media", help="Column of the audio or video file."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the draw and of the A/B orders."),
     config: Path | None = typer.Option(
-        None, "--config", help="YAML file of these settings; flags override it."
+        None, "--config", help="YAML file of these settings; flags override it.", show_default="none"
     ),
 ) -> None:
     """Build the items of the blind A/B test, with a balanced, seeded A/B order per item and participant."""
+    from melt.outputs import check_output_file
     from melt.review.pairs import PairsSettings, identical_items, write_pairs
     from melt.review.settings import load_settings
 
-    settings = load_settings(
-        PairsSettings,
-        config,
-        a=a,
-        b=b,
-        group=group,
-        media=media,
-        only_different=only_different,
-        per_label=per_label,
-        seed=seed,
-    )
+    check_output_file(out)
+    given = terminal.options_given(context)
+    values = {
+        "a": a,
+        "b": b,
+        "group": group,
+        "media": media,
+        "only_different": only_different,
+        "per_label": per_label,
+        "seed": seed,
+    }
+    settings = load_settings(PairsSettings, config, **{k: v for k, v in values.items() if k in given})
     with _os_errors():
         pairs = write_pairs(table, out, settings)
     counts = pairs["group"].value_counts().sort_index()
@@ -269,23 +286,27 @@ def preference_pairs(
 
 @preference_app.command("serve")
 def preference_serve(
+    context: typer.Context,
     pairs: Path = typer.Argument(..., help="Pairs table from `melt preference pairs`."),
     db: Path = typer.Option(..., "--db", help="SQLite file of the answers (created, or resumed)."),
-    host: str | None = typer.Option(
-        None, "--host", help="Address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)."
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 opens it to the network)."
     ),
-    port: int | None = typer.Option(None, "--port", help="Port (default 8000)."),
-    neither: bool | None = typer.Option(
-        None,
-        "--neither/--no-neither",
-        help='Offer "neither" besides the two descriptions (default: offer it).',
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    neither: bool = typer.Option(
+        True, "--neither/--no-neither", help='Offer "neither" besides the two descriptions.'
     ),
     codes: Path | None = typer.Option(
-        None, "--codes", help="File of allowed participant codes, one per line (default: any code)."
+        None,
+        "--codes",
+        help="File of allowed participant codes, one per line.",
+        show_default="none: any code",
     ),
-    title: str | None = typer.Option(None, "--title", help="Heading of the page."),
+    title: str = typer.Option(
+        "Which description fits the clip better?", "--title", help="Heading of the page."
+    ),
     config: Path | None = typer.Option(
-        None, "--config", help="YAML file of these settings; flags override it."
+        None, "--config", help="YAML file of these settings; flags override it.", show_default="none"
     ),
 ) -> None:
     """Serve the blind A/B test: participants enter a code, play each clip and pick the better description.
@@ -296,14 +317,17 @@ def preference_serve(
     from melt.review.server import ServeSettings, serve
     from melt.review.settings import load_settings
 
+    given = terminal.options_given(context)
+    values = {
+        "host": host,
+        "port": port,
+        "allow_neither": neither,
+        "codes": str(codes) if codes else None,
+        "title": title,
+    }
+    flag_of = {"allow_neither": "neither"}
     settings = load_settings(
-        ServeSettings,
-        config,
-        host=host,
-        port=port,
-        allow_neither=neither,
-        codes=str(codes) if codes else None,
-        title=title,
+        ServeSettings, config, **{k: v for k, v in values.items() if flag_of.get(k, k) in given}
     )
     try:
         with _os_errors():
@@ -319,8 +343,10 @@ def preference_report(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the figures, tables and report."),
 ) -> None:
     """Preference for A per group and overall (binomial 95 % CIs, exact test against 50 %), agreement, time."""
+    from melt.outputs import check_output_folder
     from melt.review.preference import write_preference_report
 
+    check_output_folder(out)
     with _os_errors():
         report = write_preference_report(results, out)
     table = Table(title=f"A = {report.source_a}, B = {report.source_b}")

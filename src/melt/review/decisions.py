@@ -451,7 +451,7 @@ def _latest_per_reviewer(reviews: list[dict[str, Any]]) -> tuple[list[dict[str, 
 
 
 def _audio_check(task: Task, hashes: dict[str, str | None], origin: Path, allow_changed: bool) -> str:
-    from melt.acoustics.features import file_sha256
+    from melt.provenance import file_sha256
 
     if task.audio_sha256 is None:
         return "no_audio"
@@ -556,10 +556,7 @@ def write_import(
 ) -> tuple[Path, Path]:
     """The decisions at `out`, the per-reviewer rows next to it (`reviews_path`), and `<name>.json`: how they were
     made (melt version, date, the export file and its sha256, counts, the label set and the merge rule)."""
-    from datetime import UTC, datetime
-
-    from melt import __version__
-    from melt.acoustics.features import file_sha256
+    from melt import provenance
     from melt.corpus.schema import write_table
     from melt.review.export import write_json
 
@@ -572,10 +569,12 @@ def write_import(
     write_json(
         out.with_suffix(".json"),
         {
-            "melt_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "provenance": provenance.record(
+                inputs={"export": source},
+                settings={"labels": list(labels.labels)},
+                api=provenance.api_call(write_import, result, out, labels=labels),
+            ),
             "export": str(source.absolute()),
-            "export_sha256": file_sha256(source),
             "format": result.source,
             "tasks": result.tasks,
             "reviews": len(result.reviews),

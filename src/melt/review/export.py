@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -21,7 +20,6 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 from pydantic import Field
 
-from melt import __version__
 from melt.corpus.labels import LabelSet
 from melt.corpus.schema import atomic_write, write_table
 from melt.errors import MeltError
@@ -136,7 +134,7 @@ def export_review(
 
 
 def _sha256(path: object) -> str | None:
-    from melt.acoustics.features import file_sha256
+    from melt.provenance import file_sha256
 
     if path is None or pd.isna(path):
         return None
@@ -478,23 +476,30 @@ def _write_selection(chosen: pd.DataFrame, out_dir: Path) -> Path:
 def _write_manifest(
     result: ExportResult, run: RunTable, settings: ExportSettings, check: str | Path | None
 ) -> Path:
-    from melt.acoustics.features import file_sha256
+    from melt import provenance
 
     chosen = result.selected
     reason_counts: dict[str, int] = {}
     for codes in chosen["reason_codes"].fillna(""):
         for code in filter(None, codes.split(";")):
             reason_counts[code] = reason_counts.get(code, 0) + 1
+    run_files = {name: run.run_dir / name for name in ("run.json", "annotations.parquet", "annotations.csv")}
+    check_file = None if check is None else Path(check) / "rows.csv" if Path(check).is_dir() else Path(check)
     manifest = {
-        "melt_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "provenance": provenance.record(
+            inputs={
+                **{name: path for name, path in run_files.items() if path.is_file()},
+                "corpus": run.corpus_path,
+                "check": check_file,
+            },
+            settings=settings,
+            api=provenance.api_call(export_review, run.run_dir, result.out_dir, settings, check=check),
+        ),
         "format": settings.format,
         "run": str(run.run_dir.absolute()),
         "model": run.model,
         "corpus": str(run.corpus_path.absolute()),
-        "corpus_sha256": file_sha256(run.corpus_path),
         "check": str(Path(check).absolute()) if check is not None else None,
-        "settings": settings.model_dump(mode="json"),
         "audio_root": str(result.audio_root) if result.audio_root else None,
         "audio_folder": str(result.audio_folder) if result.audio_folder else None,
         "label_studio_storages": [str(p) for p in result.label_studio_storages()]

@@ -87,7 +87,7 @@ def build_pairs(
 ) -> pd.DataFrame:
     """The pairs table (columns `PAIR_COLUMNS`). Media paths are resolved against `source`'s folder when it is a
     file; every media file must exist and be of a playable type."""
-    from melt.acoustics.features import file_sha256
+    from melt.provenance import file_sha256
 
     group = settings.group or settings.b
     if settings.a == settings.b:
@@ -180,10 +180,7 @@ def build_pairs(
 def write_pairs(table_path: str | Path, out: str | Path, settings: PairsSettings) -> pd.DataFrame:
     """The pairs table at `out`, and `<name>.json` next to it: melt version, date, the input table and its
     sha256, the settings and the items per group."""
-    from datetime import UTC, datetime
-
-    from melt import __version__
-    from melt.acoustics.features import file_sha256
+    from melt import provenance
     from melt.review.export import write_json
 
     table = read_any(table_path)
@@ -193,13 +190,14 @@ def write_pairs(table_path: str | Path, out: str | Path, settings: PairsSettings
     write_json(
         out.with_suffix(".json"),
         {
-            "melt_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "provenance": provenance.record(
+                inputs={"table": table_path},
+                settings=settings,
+                api=provenance.api_call(write_pairs, table_path, out, settings),
+            ),
             "table": str(Path(table_path).absolute()),
-            "table_sha256": file_sha256(table_path),
             "rows_in_table": len(table),
             "items": len(pairs),
-            "settings": settings.model_dump(mode="json"),
             "per_group": {str(k): int(v) for k, v in pairs["group"].value_counts().sort_index().items()},
             "order": "a_first balanced per group; participant k: a_first XOR (k odd); item order "
             "numpy.random.default_rng([seed, k]).permutation(n)",

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from melt import __version__
 from melt.agreement import fleiss_kappa, items_with_pairs, rating_counts
 from melt.corpus.labels import MELT_LABELS
 from melt.corpus.schema import atomic_write, write_table
@@ -149,6 +147,7 @@ def plot_preference(report: PreferenceReport, path: Path) -> Path:
         text = f"{row['a']}/{row['a'] + row['b']}" + (f", neither {row['neither']}" if row["neither"] else "")
         axes.text(101, y, text, va="center", fontsize=8)
     axes.set_yticks(positions, table["group"])
+    axes.set_ylabel("group")
     axes.set_xlim(0, 125)
     axes.set_xticks([0, 25, 50, 75, 100])
     axes.set_xlabel(
@@ -162,6 +161,7 @@ def plot_preference(report: PreferenceReport, path: Path) -> Path:
 def plot_time(report: PreferenceReport, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     seconds = report.answers["seconds"].dropna().to_numpy(dtype=float)
     figure = Figure(figsize=(7, 3.2), dpi=110)
@@ -174,6 +174,8 @@ def plot_time(report: PreferenceReport, path: Path) -> Path:
         axes.legend()
     axes.set_xlabel("seconds from showing an item to the answer (top 1 % clipped)")
     axes.set_ylabel("answers")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(f"Time per answer ({len(seconds)} answers)", fontsize=10)
     figure.tight_layout()
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
 
@@ -204,8 +206,9 @@ def _p(value: float) -> str:
 
 
 def write_preference_report(results: str | Path, out_dir: str | Path) -> PreferenceReport:
-    from melt.acoustics.features import file_sha256
+    from melt import provenance
     from melt.analysis.report import Section, write_report
+    from melt.provenance import file_sha256
 
     results = Path(results)
     out_dir = Path(out_dir)
@@ -230,19 +233,16 @@ def write_preference_report(results: str | Path, out_dir: str | Path) -> Prefere
     pairs_now = None
     if pairs_path and Path(pairs_path).is_file():
         pairs_now = file_sha256(pairs_path) == report.meta.get("pairs_sha256")
-    provenance = {
-        "melt_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "results": str(results.absolute()),
-        "results_sha256": file_sha256(results),
-        "answers": len(report.answers),
-        "last_answer": answers["answered_at"].max(),
-        "pairs": pairs_path,
-        "pairs_sha256": report.meta.get("pairs_sha256"),
-        "pairs_file_unchanged": pairs_now,
-        "test_started": report.meta.get("created"),
-        "server_melt_version": report.meta.get("melt_version"),
-        "settings": {
+    made = provenance.record(
+        inputs={"results": results, "pairs": pairs_path if pairs_now is not None else None},
+        api=provenance.api_call(write_preference_report, results, out_dir),
+        answers=len(report.answers),
+        last_answer=answers["answered_at"].max(),
+        test_started=report.meta.get("created"),
+        server_melt_version=report.meta.get("melt_version"),
+        pairs_when_the_test_started=f"{pairs_path} (sha256 {report.meta.get('pairs_sha256')})",
+        pairs_file_unchanged=pairs_now,
+        settings={
             "source_a": report.source_a,
             "source_b": report.source_b,
             "seed": report.meta.get("seed"),
@@ -251,9 +251,9 @@ def write_preference_report(results: str | Path, out_dir: str | Path) -> Prefere
             "test": "exact binomial, two-sided, against 50 %; 'neither' left out",
             "agreement": "Fleiss' kappa (unequal raters per item) and pairwise agreement over a/b/neither",
         },
-    }
+    )
     summary = {
-        "provenance": provenance,
+        "provenance": made,
         "groups": json.loads(report.table.to_json(orient="records")),
         "participants": json.loads(report.participants.to_json(orient="records")),
         "agreement": report.agreement,
@@ -314,25 +314,8 @@ def write_preference_report(results: str | Path, out_dir: str | Path) -> Prefere
             },
             figures={"Seconds per answer": time_png},
         ),
-        Section(
-            title="How this was made",
-            paragraphs=[
-                f"melt {__version__}, {provenance['created']}. Results: {provenance['results']} (sha256 "
-                f"{provenance['results_sha256']}; {provenance['answers']} answers, the last at "
-                f"{provenance['last_answer']}). Pairs table: {pairs_path} (sha256 {provenance['pairs_sha256']}"
-                + (
-                    ", unchanged)."
-                    if pairs_now
-                    else ", changed since the test started)."
-                    if pairs_now is False
-                    else ", not found here)."
-                )
-                + f" Seed {provenance['settings']['seed']}; 'neither' "
-                + ("offered" if provenance["settings"]["neither_offered"] else "not offered")
-                + ". Interval: Wilson score 95 %. Test: exact binomial, two-sided, against 50 %. Agreement: "
-                "Fleiss' κ and pairwise agreement over a/b/neither.",
-            ],
-        ),
     ]
-    write_report(out_dir, f"Blind preference test: {report.source_a} vs {report.source_b}", sections)
+    write_report(
+        out_dir, f"Blind preference test: {report.source_a} vs {report.source_b}", sections, provenance=made
+    )
     return report

@@ -88,7 +88,7 @@ class PreferenceStore:
 
     def bind(self, pairs: pd.DataFrame, pairs_path: str | Path, *, allow_neither: bool) -> None:
         """Tie a new results file to the pairs table, or check that an existing one belongs to it."""
-        from melt.acoustics.features import file_sha256
+        from melt.provenance import file_sha256
 
         digest = file_sha256(pairs_path)
         meta = self.meta()

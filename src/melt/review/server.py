@@ -128,7 +128,7 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
 
 def resolve_media(pairs: pd.DataFrame, source: str | Path) -> dict[int, Media]:
     """item -> the real file to serve, checked now: it exists, is a regular file, has the hash of the pairs table."""
-    from melt.acoustics.features import file_sha256
+    from melt.provenance import file_sha256
 
     media = {}
     for row in pairs.itertuples(index=False):

@@ -342,7 +342,7 @@ def audio_hashes(
     inode change time) come from `memo_folder/audio_hashes.parquet`, which is updated when the folder is
     writable. The change time is there because size and modification time survive a rewrite (same-length audio,
     the time restored by cp -p, rsync -t or tar) while the change time cannot be set back."""
-    from melt.acoustics.features import file_sha256
+    from melt.provenance import file_sha256
 
     memo: dict[str, tuple[int, int, int, str]] = {}
     memo_path = memo_folder / HASHES if memo_folder is not None else None
@@ -471,8 +471,9 @@ def extract_features(
     (signals sorted by length, so padding stays small). A shard is written after every `files_per_shard`
     files and when interrupted, so a rerun continues where this one stopped.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from melt import terminal
 
     if crops < 0:
         raise MeltError(f"--crops must be 0 or more, got {crops}")
@@ -510,7 +511,7 @@ def extract_features(
     file_problems: dict[str, str] = {}
     computed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    console = Console(stderr=True)
+    console = terminal.console(stderr=True)
     todo = list(work.items())
     with Progress(*columns, console=console, disable=not progress) as bar:
         kind = "Features" if frames is None else "Frames"

@@ -6,18 +6,21 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
-from rich.console import Console
 
-ser_app = typer.Typer(
-    help="Speech emotion recognition on SSL backbones: features, training, evaluation, the Table 3 protocol.",
-    no_args_is_help=True,
+from melt import terminal
+
+ser_app = terminal.command_group(
+    "Speech emotion recognition on SSL backbones: features, training, evaluation, the Table 3 protocol."
 )
 
-_console = Console(highlight=False, soft_wrap=True)
-_errors = Console(stderr=True, highlight=False)
+_console = terminal.console()
+_errors = terminal.console(stderr=True)
 
+
+Device = Literal["auto", "cpu", "cuda"]
 
 RESUMABLE = "interrupted: finished work is kept; rerun the same command to continue"
 
@@ -60,11 +63,12 @@ def features_command(
     backbone: str = typer.Option(
         ...,
         "--backbone",
+        metavar="[NAME|FOLDER|egemaps]",
         help="Hugging Face model name (e.g. microsoft/wavlm-base-plus), a local folder saved with "
         "save_pretrained, or egemaps.",
     ),
     out: Path = typer.Option(..., "--out", help="Feature cache folder (one backbone per folder; resumable)."),
-    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda."),
+    device: Device = typer.Option("auto", "--device", help="auto: a GPU when present, else the CPU."),
     crops: int = typer.Option(
         0,
         "--crops",
@@ -86,10 +90,12 @@ def features_command(
     computes only what is missing; an interrupted run keeps every finished shard.
     """
     from melt.corpus.schema import write_table
+    from melt.outputs import check_output_folder
     from melt.ser.backbones import load_backbone
     from melt.ser.cache import FeatureCache, extract_features
     from melt.ser.model import load_corpus
 
+    check_output_folder(out)
     table, base, source = load_corpus(corpus)
     crop_rows = None
     if crops and "split" in table.columns and (table["split"].astype("string").str.lower() == "train").any():
@@ -126,9 +132,12 @@ def train_command(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus table with the audio and the labels."),
     out: Path = typer.Option(..., "--out", help="Model folder: head.pt, model.json, curves, layer weights."),
     labels: str | None = typer.Option(
-        None, "--labels", help="Label column to train on, e.g. label or llm_label (--target label)."
+        None,
+        "--labels",
+        help="Label column to train on, e.g. label or llm_label (--target label).",
+        show_default="none: needed with --target label",
     ),
-    target: str = typer.Option(
+    target: Literal["label", "distribution"] = typer.Option(
         "label",
         "--target",
         help="label: one label per row (--labels); distribution: soft targets (--distributions).",
@@ -137,22 +146,23 @@ def train_command(
         None,
         "--distributions",
         help="With --target distribution: distributions.parquet of `melt ambiguity` (id, <source>_<label> columns).",
+        show_default="none",
     ),
-    source: str = typer.Option(
+    source: Literal["human", "synthetic", "combined"] = typer.Option(
         "human",
         "--source",
-        help="With --target distribution: human, synthetic or combined (the column prefix).",
+        help="With --target distribution: the distributions' source (their columns' prefix).",
     ),
-    loss: str = typer.Option(
-        "jsd-entropy", "--loss", help="With --target distribution: jsd-entropy (the paper's), soft-ce or kl."
+    loss: Literal["jsd-entropy", "soft-ce", "kl"] = typer.Option(
+        "jsd-entropy", "--loss", help="With --target distribution: the loss (jsd-entropy is the paper's)."
     ),
     entropy_weight: float = typer.Option(
         0.08, "--entropy-weight", min=0.0, help="λ of jsd-entropy: JSD + λ · mean entropy of the prediction."
     ),
-    pooling: str = typer.Option(
+    pooling: Literal["attention", "mean"] = typer.Option(
         "attention",
         "--pooling",
-        help="With --target distribution: attention (over cached layer-weighted frames) or mean (the pooled cache).",
+        help="With --target distribution: attention over cached layer-weighted frames, or the mean-pooled cache.",
     ),
     dime: bool = typer.Option(
         False,
@@ -170,15 +180,22 @@ def train_command(
         3, "--dime-neighbours", min=1, help="DiME-Aug: k nearest rows in the class."
     ),
     features: Path | None = typer.Option(
-        None, "--features", help="Feature cache from `melt ser features` (not with --finetune)."
+        None,
+        "--features",
+        help="Feature cache from `melt ser features` (not with --finetune).",
+        show_default="none",
     ),
     classes: str | None = typer.Option(
         None,
         "--classes",
-        help="Comma-separated classes of the head (default: every label in the column, or of the distribution).",
+        help="Comma-separated classes of the head.",
+        show_default="every label in the column, or of the distribution",
     ),
     split: str | None = typer.Option(
-        None, "--split", help="Rows to train on: a split name or all (default: train when the table has it)."
+        None,
+        "--split",
+        help="Rows to train on: a split name or all.",
+        show_default="train when the table has it",
     ),
     epochs: int = typer.Option(100, "--epochs", min=1, help="Training epochs (the paper: 100)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (the paper: 1e-3)."),
@@ -198,10 +215,10 @@ def train_command(
         False, "--finetune", help="Train backbone and head end to end on the audio (no cache; for GPUs)."
     ),
     backbone: str | None = typer.Option(
-        None, "--backbone", help="With --finetune: the backbone to fine-tune."
+        None, "--backbone", help="With --finetune: the backbone to fine-tune.", show_default="none"
     ),
     backbone_lr: float | None = typer.Option(
-        None, "--backbone-lr", help="With --finetune: the backbone's learning rate (default: --lr)."
+        None, "--backbone-lr", help="With --finetune: the backbone's learning rate.", show_default="--lr"
     ),
     crop_seconds: float = typer.Option(
         5.0,
@@ -209,7 +226,7 @@ def train_command(
         min=0.1,
         help="With --finetune or --pooling attention: training audio (frames) cut to this length at random.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda."),
+    device: Device = typer.Option("auto", "--device", help="auto: a GPU when present, else the CPU."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train the paper's head (weighted sum of layers → Linear → ReLU → Dropout → Linear) on one label column,
@@ -220,12 +237,12 @@ def train_command(
     and caches the layer-weighted frames in the features folder (the backbone is loaded again for them).
     """
     from melt.errors import MeltError
+    from melt.outputs import check_output_folder
     from melt.ser.backbones import resolve_device
     from melt.ser.model import load_corpus, train_model
     from melt.ser.training import TrainSettings
 
-    if target not in ("label", "distribution"):
-        raise MeltError(f"--target takes label or distribution, got {target!r}")
+    check_output_folder(out)
     if target == "distribution":
         if distributions is None:
             raise MeltError("--target distribution needs --distributions FILE (from `melt ambiguity`)")
@@ -349,23 +366,29 @@ def evaluate_command(
     corpus: Path = typer.Option(..., "--corpus", help="Test corpus table."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, predictions.csv, confusion.png."),
     features: Path | None = typer.Option(
-        None, "--features", help="Feature cache holding the test audio (not needed for a fine-tuned model)."
+        None,
+        "--features",
+        help="Feature cache holding the test audio (not needed for a fine-tuned model).",
+        show_default="none",
     ),
     labels: str = typer.Option("label", "--labels", help="Column of the test labels."),
     split: str | None = typer.Option(
-        None, "--split", help="Only the rows of this split (default: every row)."
+        None, "--split", help="Only the rows of this split.", show_default="every row"
     ),
     distributions: Path | None = typer.Option(
         None,
         "--distributions",
         help="A distributional model: the reference distributions (distributions.parquet).",
+        show_default="none",
     ),
-    reference: str = typer.Option(
+    reference: Literal["human", "synthetic", "combined"] = typer.Option(
         "human",
         "--reference",
-        help="With --distributions: the source scored against (human, synthetic, combined).",
+        help="With --distributions: the source scored against.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (fine-tuned models, frames)."),
+    device: Device = typer.Option(
+        "auto", "--device", help="auto: a GPU when present, else the CPU (fine-tuned models, frames)."
+    ),
 ) -> None:
     """UAR, ACC, macro-F1, per-class recall, confusion matrix and per-utterance probabilities on a test corpus.
 
@@ -373,8 +396,10 @@ def evaluate_command(
     with --distributions: JSD, BC, R², ECE, accuracy, F1, entropy per tertile of human ambiguity.
     """
     from melt.errors import MeltError
+    from melt.outputs import check_output_folder
     from melt.ser.model import evaluate_model, load_corpus, load_model
 
+    check_output_folder(out)
     table, base, source = load_corpus(corpus)
     rows, _which = _rows(table, split, default_train=False, source=source)
     rows.attrs["source"] = source
@@ -428,9 +453,15 @@ def experiment_command(
         "distributions}}, targets, dime, backbones, seeds.",
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (features, runs, results, table, report)."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override training.epochs."),
-    seeds: str | None = typer.Option(None, "--seeds", help="Override seeds, e.g. 0,1,2."),
-    device: str | None = typer.Option(None, "--device", help="Override device: auto, cpu or cuda."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Override training.epochs.", show_default="the YAML's"
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Override seeds, e.g. 0,1,2.", show_default="the YAML's"
+    ),
+    device: Device | None = typer.Option(
+        None, "--device", help="Override the device.", show_default="the YAML's"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """The MELT paper's Table 3 protocol over label sources × backbones × test corpora × seeds, or, when the YAML
@@ -440,8 +471,10 @@ def experiment_command(
     Resumable: a rerun skips finished runs and cached features.
     """
     from melt.errors import MeltError
+    from melt.outputs import check_output_folder
     from melt.ser.experiment import load_experiment, run_experiment
 
+    check_output_folder(out)
     seed_list = None
     if seeds is not None:
         try:

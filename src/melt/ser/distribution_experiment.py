@@ -23,7 +23,6 @@ Outputs in OUT: `results.csv` (per backbone, corpus, target, dime, seed, tertile
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,12 +32,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from melt import __version__
-from melt.acoustics.features import file_sha256
 from melt.ambiguity.distributions import TERTILES
 from melt.ambiguity.metrics import SCORE_NAMES
 from melt.corpus.schema import atomic_write, read_table, write_table
 from melt.errors import MeltError
+from melt.provenance import api_call, describe_input
+from melt.provenance import record as provenance_record
 from melt.ser.dime import NEIGHBOURS, RATIO, DimeSettings
 from melt.ser.distribution_model import (
     CROP_SECONDS,
@@ -248,7 +247,7 @@ def run_distribution_experiment(
     corpora = [_load_corpus(name, spec, config) for name, spec in config.distributions.items()]
     started = datetime.now(UTC).isoformat(timespec="seconds")
     inputs = {
-        f"{c.name}:{kind}": {"path": str(path), "sha256": file_sha256(path)}
+        f"{c.name}:{kind}": describe_input(path)
         for c, spec in zip(corpora, config.distributions.values(), strict=True)
         for kind, path in (("table", spec.table), ("distributions", spec.distributions))
     }
@@ -373,23 +372,22 @@ def run_distribution_experiment(
         "random 80/20 split: not comparable one to one with the rows above.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
-    provenance = {
-        "melt_version": __version__,
-        "started": started,
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "packages": _versions(),
-        "device": device,
-        "settings": json.loads(config.model_dump_json()),
-        "inputs": inputs,
-        "backbones": backbone_info,
-        "corpora": {
+    provenance = provenance_record(
+        inputs=inputs,
+        settings=json.loads(config.model_dump_json()),
+        api=api_call(run_distribution_experiment, config, out),
+        started=started,
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        packages=_versions(),
+        device=device,
+        backbones=backbone_info,
+        corpora={
             c.name: {**c.counts, "classes": c.classes, "folds": [str(f) for f in c.folds]} for c in corpora
         },
-        "layer_weights": layer_weights,
-        "skipped_rows": skipped,
-        "split": "leave one fold out over the table's `fold` (speaker-independent); the paper: random 80/20",
-    }
+        layer_weights=layer_weights,
+        skipped_rows=skipped,
+        split="leave one fold out over the table's `fold` (speaker-independent); the paper: random 80/20",
+    )
     _write_json(out / "provenance.json", provenance)
     _report(out, results, overall, by_tertile, dime_table, provenance, config)
     return DistributionExperimentResult(results=results, folds=folds, table_markdown=table_md, out_dir=out)
@@ -641,19 +639,10 @@ def _report(out: Path, results, overall, by_tertile, dime_table, provenance, con
             ],
             tables={"Scaling Ambiguity (JS ↓ / BC ↑)": PAPER_RESULTS},
         ),
-        Section(
-            "Provenance",
-            [
-                f"melt {provenance['melt_version']}, started {provenance['started']}, finished "
-                f"{provenance['finished']}, device {provenance['device']}, packages {provenance['packages']}.",
-                "Inputs: "
-                + "; ".join(
-                    f"{k}: {v['path']} (sha256 {v['sha256']})" for k, v in provenance["inputs"].items()
-                ),
-                "Backbones: "
-                + "; ".join(f"{k}: {v['fingerprint']}" for k, v in provenance["backbones"].items()),
-                "Settings, layer weights and skipped rows: provenance.json.",
-            ],
-        ),
     ]
-    write_report(out, "Emotion distributions: targets and DiME-Aug per ambiguity level", sections)
+    write_report(
+        out,
+        "Emotion distributions: targets and DiME-Aug per ambiguity level",
+        sections,
+        provenance=provenance,
+    )

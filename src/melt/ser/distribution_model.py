@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from melt import __version__
+from melt import __version__, provenance
 from melt.ambiguity.distributions import ambiguity, tertiles
 from melt.ambiguity.evaluate import score_by_tertile
 from melt.ambiguity.metrics import SUM_TOLERANCE, bhattacharyya, jensen_shannon
@@ -46,7 +46,7 @@ from melt.ser.dime import DimeResult, DimeSettings, dime_augment, neighbour_feat
 from melt.ser.frames import FrameStore, FrameViews
 from melt.ser.heads import ATTENTION_HEADS, DistributionHead
 from melt.ser.losses import ENTROPY_WEIGHT, distribution_loss, jsd_score, renormalised
-from melt.ser.model import TrainedModel, load_corpus, load_model, save_model
+from melt.ser.model import TrainedModel, input_files, load_corpus, load_model, save_model
 from melt.ser.training import PooledViews, TrainSettings, fit, held_out_rows, predict_logits
 
 SOURCES: tuple[str, ...] = ("human", "synthetic", "combined")
@@ -623,6 +623,15 @@ def evaluate_distribution_model(
     )
     if out_dir is not None:
         out = Path(out_dir)
+        summary["provenance"] = provenance.record(
+            inputs=input_files(
+                corpus=source,
+                distributions=distributions.file,
+                model=Path(str(model.folder)) / "model.json" if model.folder else None,
+            ),
+            settings={"reference": reference},
+            api=provenance.api_call(evaluate_distribution_model, model, features, corpus, distributions, out),
+        )
         try:
             write_table(metrics, out / METRIC_FILE)
             write_table(predictions, out / "predictions.csv")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import platform
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,11 +28,11 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from melt import __version__
-from melt.acoustics.features import file_sha256
 from melt.corpus.labels import MELT_LABEL_SET
 from melt.corpus.schema import atomic_write, read_table, require_columns, write_table
 from melt.errors import MeltError
+from melt.provenance import api_call, describe_input
+from melt.provenance import record as provenance_record
 from melt.ser.cache import CROP_SECONDS
 from melt.ser.stats import RESAMPLES
 from melt.ser.training import TrainSettings
@@ -417,23 +416,22 @@ def run_experiment(
         "UAR is the mean recall over the classes, F1 is macro-averaged.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
-    provenance = {
-        "melt_version": __version__,
-        "started": started,
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "packages": _versions(),
-        "device": device,
-        "settings": json.loads(config.model_dump_json()),
-        "inputs": inputs,
-        "backbones": backbone_info,
-        "labelled_by_every_source": int(labelled_by_all.sum()),
-        "training_rows": int(training_rows.sum()),
-        "test_classes": {t.name: t.classes for t in tests},
-        "test_rows_excluded": {t.name: t.excluded for t in tests},
-        "skipped_rows": skipped,
-        "in_domain": in_domain.description if in_domain is not None else None,
-    }
+    provenance = provenance_record(
+        inputs=inputs,
+        settings=json.loads(config.model_dump_json()),
+        api=api_call(run_experiment, config, out),
+        started=started,
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        packages=_versions(),
+        device=device,
+        backbones=backbone_info,
+        labelled_by_every_source=int(labelled_by_all.sum()),
+        training_rows=int(training_rows.sum()),
+        test_classes={t.name: t.classes for t in tests},
+        test_rows_excluded={t.name: t.excluded for t in tests},
+        skipped_rows=skipped,
+        in_domain=in_domain.description if in_domain is not None else None,
+    )
     _write_json(out / "provenance.json", provenance)
     _report(out, results, comparison, table, layer_weights, tests, provenance)
     return ExperimentResult(
@@ -769,7 +767,7 @@ def _versions() -> dict[str, str]:
 
 def _inputs(config: ExperimentConfig) -> dict[str, Any]:
     files = {"train": config.train.corpus, **{f"test:{k}": v.table for k, v in config.test.items()}}
-    return {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in files.items()}
+    return {k: describe_input(p) for k, p in files.items()}
 
 
 def _report(out: Path, results, comparison, table: pd.DataFrame, layer_weights, tests, provenance) -> None:
@@ -838,19 +836,7 @@ def _report(out: Path, results, comparison, table: pd.DataFrame, layer_weights, 
             ],
             tables={"MELT paper, Table 3": PAPER_TABLE3},
         ),
-        Section(
-            "Provenance",
-            [
-                f"melt {provenance['melt_version']}, started {provenance['started']}, finished "
-                f"{provenance['finished']}, device {provenance['device']}, packages {provenance['packages']}.",
-                "Inputs: "
-                + "; ".join(
-                    f"{k}: {v['path']} (sha256 {v['sha256']})" for k, v in provenance["inputs"].items()
-                ),
-                "Backbones: "
-                + "; ".join(f"{k}: {v['fingerprint']}" for k, v in provenance["backbones"].items()),
-                "Settings and skipped rows: provenance.json.",
-            ],
-        ),
     ]
-    write_report(out, "SER evaluation: label sources compared across corpora", sections)
+    write_report(
+        out, "SER evaluation: label sources compared across corpora", sections, provenance=provenance
+    )

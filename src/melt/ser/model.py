@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from melt import __version__
+from melt import __version__, provenance
 from melt.analysis.metrics import classification_scores, confusion_matrix, recall_per_class
 from melt.corpus.labels import MELT_LABEL_SET
 from melt.corpus.schema import atomic_write, read_table, require_columns, write_table
@@ -261,6 +261,13 @@ def save_model(
                 plots.training_curve(model.fit.curve, model.fit.best_epoch, out / "training_curve.png")
         if skipped is not None:
             write_table(skipped, out / "skipped.csv")
+        model.info["provenance"] = provenance.record(
+            inputs=input_files(
+                corpus=model.info.get("corpus"), distributions=model.info.get("distributions")
+            ),
+            settings={"settings": model.info.get("settings"), "options": model.info.get("options")},
+            api=provenance.api_call(save_model, model, out),
+        )
         # model.json last: a folder with it is complete
         text = json.dumps(model.info, indent=2, default=str) + "\n"
         atomic_write(out / MODEL_JSON, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -369,8 +376,21 @@ def _test_features(model: TrainedModel, features, rows: pd.DataFrame, base: Path
     return found.whole, found.present, found.problems
 
 
+def input_files(**paths: object) -> dict[str, Path]:
+    """The named paths that are files (a corpus given as a DataFrame has none), for provenance."""
+    return {name: Path(str(p)) for name, p in paths.items() if p is not None and Path(str(p)).is_file()}
+
+
 def write_evaluation(evaluation: Evaluation, out_dir: str | Path, *, plots_too: bool = True) -> Path:
     out = Path(out_dir)
+    m = evaluation.metrics
+    m["provenance"] = provenance.record(
+        inputs=input_files(
+            corpus=m.get("corpus"), model=Path(str(m["model"])) / MODEL_JSON if m.get("model") else None
+        ),
+        settings={"labels": m.get("labels"), "classes": m.get("classes")},
+        api=provenance.api_call(write_evaluation, evaluation, out),
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_table(evaluation.predictions, out / "predictions.csv")

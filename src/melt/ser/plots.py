@@ -79,7 +79,7 @@ def confusion(matrix: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     axes.set_yticks(range(counts.shape[0]), list(matrix.index), fontsize=8)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true label")
-    axes.set_title(title, fontsize=9)
+    axes.set_title(title or "Confusion matrix (shading: recall of each true label)", fontsize=9)
     for r in range(counts.shape[0]):
         for c in range(counts.shape[1]):
             colour = "white" if np.nan_to_num(recall[r, c]) > 0.5 else "black"
@@ -114,6 +114,7 @@ def uar_bars(results: pd.DataFrame, path: str | Path, chance: dict[str, float] |
             if test in chance:
                 axes.hlines(chance[test], i - 0.45, i + 0.45, colors="grey", linestyles=":", linewidth=1)
     axes.set_xticks(range(len(tests)), tests)
+    axes.set_xlabel("test corpus")
     axes.set_ylabel("UAR (mean ± std over seeds)")
     axes.set_ylim(0, 1)
     _legend_beside(axes)

@@ -149,8 +149,9 @@ def fit(
     `cpu_threads` caps torch's threads on the CPU while training: a head's matrices are so small that thread
     hand-offs cost more than they save (a step takes 0.6 ms on one thread and 5–30 ms on two busy cores); None
     keeps torch's setting (fine-tuning a backbone gains from threads)."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from melt import terminal
 
     with _cpu_threads(device, cpu_threads):
         if len(train) == 0:
@@ -164,7 +165,7 @@ def fit(
         best: tuple[float, float, int] | None = None  # (score, -val_loss, epoch)
         best_state: dict[str, Any] | None = None
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        with Progress(*columns, console=terminal.console(stderr=True), disable=not progress) as bar:
             task = bar.add_task(description, total=settings.epochs)
             for epoch in range(1, settings.epochs + 1):
                 head.train()
