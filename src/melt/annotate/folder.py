@@ -40,6 +40,12 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        try:
+            return self._acquire()
+        except OSError as exc:  # a full disk, a read-only folder: one line naming the lock file
+            raise MeltError(f"cannot take the run folder's lock: {exc.strerror or exc}", file=self.path) from exc
+
+    def _acquire(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -68,8 +74,12 @@ class RunLock:
         else:
             raise MeltError("cannot take the run folder's lock: it keeps being replaced", file=self.path)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

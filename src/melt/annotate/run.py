@@ -45,7 +45,7 @@ from melt.errors import MeltError
 from melt.llm import choose_backend, make_backend
 from melt.llm.base import Backend
 from melt.llm.pricing import Price, price_of
-from melt.outputs import check_output_folder, write_together
+from melt.outputs import check_output_file, check_output_folder, write_together
 from melt.prompts import PromptConfig, build_messages, response_format
 
 OUTPUT_COLUMNS: tuple[str, ...] = (
@@ -71,6 +71,8 @@ _DTYPES = {
     "agreement": "Float64",
     "cost_usd": "Float64",
 }
+#: What a run writes in its folder besides the request store, all three together (`_write_outputs`).
+OUTPUT_FILES = ("annotations.parquet", "annotations.csv", "run.json")
 #: Completion tokens assumed per answer for an estimate when the store has no real replies yet: the paper's
 #: JSON answer runs to about 100 tokens; free-text (chain-of-thought) replies run longer.
 TYPICAL_COMPLETION_TOKENS = {False: 120, True: 450}
@@ -189,6 +191,8 @@ def run_annotation(
     and run.json are written, and `RunInterrupted` is raised."""
     prompt = prompt_config(config)
     out_dir = check_output_folder(out_dir, option="--out")
+    for name in OUTPUT_FILES:
+        check_output_file(out_dir / name, option="--out", suffixes=(Path(name).suffix,))
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
@@ -240,6 +244,9 @@ async def _run(
                 outcomes = await _with_progress(annotator, utterances, config)
             else:
                 outcomes = await annotator.run(utterances)
+            # The last replies are committed before the tables show them: a commit that fails now (a full disk)
+            # stops the run like any other failed write, instead of leaving paid replies out of the store.
+            store.commit()
             if isinstance(annotator.fatal, MeltError) and store.failure is annotator.fatal:
                 raise annotator.fatal  # a full disk: the tables could not be written either
             rows = [aggregate(u.id, outcomes[u.id]) for u in utterances]
