@@ -352,6 +352,10 @@ class Annotator:
         self.pacer = Pacer()
         self._profile: asyncio.Future[None] | None = None
         self._reserved = 0.0
+        #: requests holding a reservation of budget
+        self._reservations = 0
+        #: whether a request to an utterance has come back (its usage tells the tokens per character)
+        self._answered = False
         # Set whenever a request gives back its reservation, so requests waiting for budget look again.
         self._budget_freed = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -574,8 +578,7 @@ class Annotator:
             except (RetryableError, RequestFailed):
                 return
             finally:
-                self._reserved -= reservation
-                self._budget_freed.set()
+                self._release(reservation)
             if implausible_usage(request, reply) is None:
                 # Kept in the store (turn -1, no utterance), so the folder's totals include what it cost.
                 cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
@@ -642,7 +645,9 @@ class Annotator:
                     continue
                 except RequestFailed as exc:
                     self.limit.release()
-                    self._give_up(exc.reason, utterance, sample, turn, key, request_json, attempts, started)
+                    billed = self._bill_failed(request, exc, outcome)
+                    self._give_up(exc.reason, utterance, sample, turn, key, request_json, attempts, started,
+                                  billed)  # fmt: skip
                 except BaseException:
                     self.limit.release()
                     raise
@@ -651,8 +656,8 @@ class Annotator:
                 self.pacer.observe(reply.rate_limits, self.limit.in_flight)
                 break
         finally:
-            self._reserved -= reservation
-            self._budget_freed.set()
+            self._release(reservation)
+            self._answered = True
         absurd = implausible_usage(request, reply)
         if absurd is not None:
             self._give_up(absurd, utterance, sample, turn, key, request_json, attempts, started)
@@ -671,6 +676,22 @@ class Annotator:
         self._account(outcome, reply.prompt_tokens, reply.completion_tokens, cost)
         return StoredReply(reply.content, reply.prompt_tokens, reply.completion_tokens, cost,
                            reply.finish_reason, reply.logprobs)  # fmt: skip
+
+    def _bill_failed(
+        self, request: ChatRequest, exc: RequestFailed, outcome: SampleOutcome
+    ) -> tuple[int, int, float | None]:
+        """Count what a request that failed was billed (a reply that is no chat completion, with its usage):
+        --max-cost must see the money go. Absurd counts are not billed, as for a reply."""
+        billed = ChatReply("", exc.prompt_tokens, exc.completion_tokens)
+        if not (billed.prompt_tokens or billed.completion_tokens) or implausible_usage(request, billed):
+            return 0, 0, None
+        cost = self.price.cost(billed.prompt_tokens, billed.completion_tokens) if self.price else None
+        self._count(billed.prompt_tokens, billed.completion_tokens, cost)
+        self._account(outcome, billed.prompt_tokens, billed.completion_tokens, cost)
+        if billed.prompt_tokens:
+            chars = sum(len(m.get("content", "")) for m in request.messages)
+            self._tokens_per_char = max(self._tokens_per_char, billed.prompt_tokens / max(chars, 1))
+        return billed.prompt_tokens, billed.completion_tokens, cost
 
     async def _retry_or_give_up(
         self, exc: RetryableError, attempts: int, utterance: Utterance, sample: int, turn: int, key: str,
@@ -692,11 +713,12 @@ class Annotator:
 
     def _give_up(
         self, reason: str, utterance: Utterance, sample: int, turn: int, key: str, request_json: str,
-        attempts: int, started: float,
+        attempts: int, started: float, billed: tuple[int, int, float | None] = (0, 0, None),
     ) -> None:  # fmt: skip
         self.stats.failed += 1
         self.store.put_failed(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
-                              error=reason, attempts=attempts, started=started)  # fmt: skip
+                              error=reason, attempts=attempts, started=started, prompt_tokens=billed[0],
+                              completion_tokens=billed[1], cost_usd=billed[2])  # fmt: skip
         raise _GaveUp(reason)
 
     def _count(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
@@ -720,20 +742,34 @@ class Annotator:
         if self.config.max_cost is None or self.price is None:
             return 0.0
         chars = sum(len(m.get("content", "")) for m in request.messages)
-        worst = self.price.cost(math.ceil(chars * self._tokens_per_char) + 16, request.max_tokens or 0)
         while True:
+            # Estimated again after each wait: the replies meanwhile may have shown the text to be denser.
+            worst = self.price.cost(math.ceil(chars * self._tokens_per_char) + 16, request.max_tokens or 0)
             if self.stats.stopped_by_budget:
                 raise _OutOfBudget
             if self.stopping:
                 raise _Stopped
-            if (self.stats.cost_usd or 0.0) + self._reserved + worst <= self.config.max_cost:
+            # Until a first reply has said how many tokens the text makes (Chinese text makes about one per
+            # character, ten times English), one request at a time: a first wave reserved at a guess could
+            # spend several times the budget.
+            first = self._answered or not self._reservations
+            if first and (self.stats.cost_usd or 0.0) + self._reserved + worst <= self.config.max_cost:
                 self._reserved += worst
+                self._reservations += 1
                 return worst
-            if self._reserved <= 0:
+            if not self._reservations:
                 self.stats.stopped_by_budget = True
                 raise _OutOfBudget
             self._budget_freed.clear()
             await self._budget_freed.wait()
+
+    def _release(self, reservation: float) -> None:
+        """Give back a request's reservation; requests waiting for budget look again."""
+        if self.config.max_cost is not None and self.price is not None:  # `_reserve` counted it
+            self._reservations -= 1
+            # Counted, not judged by the float sum, which subtraction may leave a hair above zero.
+            self._reserved = self._reserved - reservation if self._reservations else 0.0
+        self._budget_freed.set()
 
     async def _sleep(self, delay: float) -> None:
         """Sleep, unless the run stops meanwhile (then `_Stopped`)."""

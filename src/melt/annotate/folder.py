@@ -43,7 +43,9 @@ class RunLock:
         try:
             return self._acquire()
         except OSError as exc:  # a full disk, a read-only folder: one line naming the lock file
-            raise MeltError(f"cannot take the run folder's lock: {exc.strerror or exc}", file=self.path) from exc
+            raise MeltError(
+                f"cannot take the run folder's lock: {exc.strerror or exc}", file=self.path
+            ) from exc
 
     def _acquire(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -433,7 +433,12 @@ class OpenAIBackend:
         except ValueError as exc:
             # A proxy or an overloaded server can cut a body short: worth another (capped) attempt.
             raise RetryableError("malformed reply: the body is not JSON (cut short?)") from exc
-        content, finish_reason, logprobs = parse_completion(data)
+        try:
+            content, finish_reason, logprobs = parse_completion(data)
+        except MalformedReply as exc:
+            # The server billed the request all the same when it says so: --max-cost must count it.
+            exc.prompt_tokens, exc.completion_tokens = _billed(data)
+            raise
         prompt_tokens, completion_tokens = parse_usage(data)
         return ChatReply(
             content=content,
@@ -533,6 +538,14 @@ def parse_usage(data: dict[str, Any]) -> tuple[int, int]:
             raise MalformedReply(f"malformed reply: usage.{name} is not a count of tokens ({value!r})")
         counts.append(int(value))
     return counts[0], counts[1]
+
+
+def _billed(data: Any) -> tuple[int, int]:
+    """The token counts of a reply that is no chat completion, when its `usage` is well formed; else (0, 0)."""
+    try:
+        return parse_usage(data) if isinstance(data, dict) else (0, 0)
+    except MalformedReply:
+        return 0, 0
 
 
 # -- transport ---------------------------------------------------------------------------------------------------
