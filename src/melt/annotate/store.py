@@ -286,15 +286,16 @@ class RequestStore:
 def compact_logprobs(logprobs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     """OpenAI's token logprobs without their `bytes` arrays, which repeat each token as UTF-8 byte values and
     would make up most of the stored reply."""
-    if not logprobs:
-        return logprobs
+    if not logprobs or not all(isinstance(item, dict) for item in logprobs):
+        return None if logprobs else logprobs
     return [
         {
             "token": item.get("token"),
             "logprob": item.get("logprob"),
             "top_logprobs": [
                 {"token": alt.get("token"), "logprob": alt.get("logprob")}
-                for alt in item.get("top_logprobs") or ()
+                for alt in (item.get("top_logprobs") if isinstance(item.get("top_logprobs"), list) else ())
+                if isinstance(alt, dict)
             ],
         }
         for item in logprobs
