@@ -564,9 +564,8 @@ class Annotator:
         while not self.stopping:
             level = self.format_level
             request = chat_request(self.config, self._schema_format, list(PROBE_MESSAGES), 0, level)
-            request = dataclasses.replace(
-                request, max_tokens=16, temperature=0.0, logprobs=False, top_logprobs=None
-            )
+            # The run's own temperature: some models take only their default (OpenAI's reasoning models).
+            request = dataclasses.replace(request, max_tokens=16, logprobs=False, top_logprobs=None)
             reservation = await self._reserve(request)
             self.stats.sent += 1
             self.stats.probes += 1

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from melt.corpus.labels import LabelSet, _clean
+from melt.llm.openai import valid_text
 from melt.prompts import PromptConfig, answer_model, prompt_labels
 
 
@@ -174,7 +175,8 @@ def validate_reply(text: str | None, config: PromptConfig, speaker: str | None) 
 
     data = parsed.model_dump()
     elements = data.pop("elements")
-    answer = {key: str(value).strip() for key, value in {**data, **elements}.items()}
+    # A JSON escape of half a surrogate pair decodes to a string no table can hold.
+    answer = {key: valid_text(str(value).strip()) for key, value in {**data, **elements}.items()}
     flags = ["json_repaired"] if repaired else []
 
     raw = answer["emotion"]

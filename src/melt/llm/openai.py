@@ -179,6 +179,8 @@ class OpenAIBackend:
         # Until the server has answered once, a connection that fails means a wrong URL or a server that is not
         # running: that stops the run at once instead of being retried for minutes.
         self._reached = False
+        # Until a chat request has had a JSON reply, a body that is no JSON means --base-url is no OpenAI server.
+        self._answered = False
         # What this server takes, learnt from its answers (and remembered in the run's store by the engine).
         self.family = "unknown"
         self._slots: int | None = None
@@ -324,6 +326,10 @@ class OpenAIBackend:
                     ):
                         continue
                     raise ResponseFormatRejected(f"HTTP {status}: {message}")
+                if status in (400, 422) and _content_filtered(response):
+                    raise RequestFailed(
+                        f"the server's content filter refused the prompt (HTTP {status}): {message}"
+                    )
                 if status in (400, 413, 422) and any(w in lowered for w in _CONTEXT_WORDS):
                     raise RequestFailed(f"the prompt is too long for the model (HTTP {status}): {message}")
                 if status == 413:
@@ -408,6 +414,12 @@ class OpenAIBackend:
                 raise BackendError(_unreachable(self.base_url, self._url.host or "", exc)) from exc
             raise RetryableError(f"connection: {type(exc).__name__}") from exc
         except aiohttp.ClientError as exc:
+            if not self._reached:
+                # Not one HTTP answer yet: something listens there that is no HTTP server (or shuts the door).
+                raise BackendError(
+                    f"{self.base_url} does not answer as an HTTP server ({type(exc).__name__}): is --base-url "
+                    "the address of an OpenAI-compatible server?"
+                ) from exc
             # Dropped connections, resets, bodies cut short; the text names the failure, never the request.
             raise RetryableError(f"connection: {type(exc).__name__}") from exc
 
@@ -431,8 +443,22 @@ class OpenAIBackend:
         try:
             data = _loads(response.content if text is received else text.encode(), text)
         except ValueError as exc:
+            if not self._answered:
+                kind = response.headers.get("Content-Type", "no Content-Type")
+                raise BackendError(
+                    f"{self.base_url} answered a chat completion with a body that is not JSON ({kind}): is "
+                    "--base-url the address of an OpenAI-compatible server (often ending in /v1)?"
+                ) from exc
             # A proxy or an overloaded server can cut a body short: worth another (capped) attempt.
             raise RetryableError("malformed reply: the body is not JSON (cut short?)") from exc
+        self._answered = True
+        if self._secrets and ("\\u" in text or "\\/" in text):
+            # JSON escapes (`\u0073k-...`, `\/`) hide a secret from the scrub of the raw text; decoded, it would
+            # reach the tables. The body is scrubbed again as decoded, and kept so.
+            decoded = json.dumps(data, ensure_ascii=False)
+            scrubbed = self.scrub_exact(decoded)
+            if scrubbed != decoded:
+                text, data = scrubbed, json.loads(scrubbed)
         try:
             content, finish_reason, logprobs = parse_completion(data)
         except MalformedReply as exc:
@@ -457,9 +483,9 @@ class OpenAIBackend:
             text = error.get("message") if isinstance(error, dict) else str(error or response.text)
             if isinstance(error, dict) and error.get("code") == "context_length_exceeded":
                 text = f"context_length_exceeded: {text}"
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             text = response.text
-        return self.scrub(" ".join(str(text).split())[:300])
+        return self.scrub(valid_text(" ".join(str(text).split())[:300]))
 
     def scrub_exact(self, text: str) -> str:
         """`text` with the API key and the base URL's credentials replaced by ***."""
@@ -492,7 +518,7 @@ def parse_completion(data: Any) -> tuple[str, str | None, list[dict[str, Any]] |
     choices = data.get("choices")
     if not isinstance(choices, list):
         error = data.get("error")
-        said = f" (the server said: {str(error)[:200]})" if error else ""
+        said = f" (the server said: {valid_text(str(error)[:200])})" if error else ""
         raise MalformedReply(f"malformed reply: choices is not a list{said}")
     if not choices or not isinstance(choices[0], dict):
         raise MalformedReply("malformed reply: no choice in choices")
@@ -511,12 +537,23 @@ def parse_completion(data: Any) -> tuple[str, str | None, list[dict[str, Any]] |
         raise MalformedReply(
             f"malformed reply: message content is not text but a JSON {type(content).__name__}"
         )
+    content = valid_text(content)
     finish_reason = choice.get("finish_reason")
     raw_logprobs = choice.get("logprobs")
     logprobs = raw_logprobs.get("content") if isinstance(raw_logprobs, dict) else None
     if not isinstance(logprobs, list):
         logprobs = None
     return content, finish_reason if isinstance(finish_reason, str) else None, logprobs
+
+
+def valid_text(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (JSON allows `\\ud83d` alone) replaced by U+FFFD: no table, request
+    or store can encode them."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def parse_usage(data: dict[str, Any]) -> tuple[int, int]:
@@ -538,6 +575,16 @@ def parse_usage(data: dict[str, Any]) -> tuple[int, int]:
             raise MalformedReply(f"malformed reply: usage.{name} is not a count of tokens ({value!r})")
         counts.append(int(value))
     return counts[0], counts[1]
+
+
+def _content_filtered(response: _Response) -> bool:
+    """Whether an error says the provider's content filter refused this prompt (OpenAI's and Azure OpenAI's
+    `code: content_filter`): that prompt fails, the others go on."""
+    try:
+        error = json.loads(response.content).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(error, dict) and error.get("code") in ("content_filter", "content_policy_violation")
 
 
 def _billed(data: Any) -> tuple[int, int]:
@@ -643,7 +690,10 @@ def _loads(content: bytes, text: str) -> Any:
     try:
         return orjson.loads(content)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError as exc:  # orjson refuses it too: nesting no reply needs
+            raise ValueError("JSON nested too deeply") from exc
 
 
 # -- what the server says about waiting ----------------------------------------------------------------------------
