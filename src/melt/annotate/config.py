@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from melt.corpus.labels import MELT_LABEL_SET, LabelSet
 from melt.errors import MeltError
@@ -73,6 +73,14 @@ class AnnotateConfig(BaseModel):
     )
     limit: int | None = Field(None, ge=1, description="annotate only the first N utterances")
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_a_list(cls, value: Any) -> Any:
+        # A bare list of labels is the common case, in YAML and in Python alike.
+        if isinstance(value, list | tuple):
+            return LabelSet.from_labels(value)
+        return value
+
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> AnnotateConfig:
         """The YAML file's settings (or the defaults), with `overrides` that are not None on top."""
@@ -89,9 +97,6 @@ class AnnotateConfig(BaseModel):
                 raise MeltError("expected a mapping of settings", file=path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            labels = data.get("labels")
-            if isinstance(labels, list):  # a bare list of labels is the common case
-                data["labels"] = LabelSet.from_labels(labels).model_dump()
             return cls.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
