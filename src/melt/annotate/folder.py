@@ -127,7 +127,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the replies of a run (an `AnnotateConfig`, its `PromptConfig`, the backend's
     `identity()`). Settings that only decide how many are asked, how fast, or at what cost are left out
-    (samples, limit, concurrency, timeouts, retries, the budget)."""
+    (samples, limit, concurrency, timeouts, retries, the budget, whether invalid answers are re-asked)."""
     from melt.prompts import BUILTIN_TEMPLATES
 
     return {
@@ -138,14 +138,14 @@ def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) 
         "prompt_hash": prompt.template_hash(),
         "schema": config.schema_kind,
         "labels": list(config.labels.labels),
-        "context_turns": config.context_turns,
+        # Only where the template shows context lines: otherwise the requests are the same whatever the number.
+        "context_turns": config.context_turns if "context" in prompt.load().placeholders() else None,
         "temperature": config.temperature,
         "max_tokens": config.max_tokens,
         "seed": config.seed,
         "logprobs": config.logprobs,
         "top_logprobs": config.top_logprobs if config.logprobs else None,
         "response_format": config.response_format,
-        "repair": config.repair,
     }
 
 
@@ -171,7 +171,15 @@ _SETTING_NAMES = {"base_url": "base_url (--base-url)", "model": "model (--model)
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'setting: was X, now Y' for each setting that differs, most telling first."""
     before, now = _flatten(recorded), _flatten(current)
-    changed = [name for name in dict.fromkeys([*now, *before]) if before.get(name) != now.get(name)]
+    # A setting recorded by an older melt that no longer decides replies (e.g. repair) is no difference, nor is
+    # one that it did not record yet while it has no value now. response_format `auto` is what the server takes:
+    # the request keys hold the format actually sent, so a reply of another format is never reused.
+    changed = [
+        name
+        for name in now
+        if before.get(name) != now[name] and (name in before or now[name] is not None)
+        and not (name == "response_format" and "auto" in (before.get(name), now[name]))
+    ]  # fmt: skip
     # The template hash changes with any prompt change; name it only when nothing more precise differs.
     if len(changed) > 1 and "prompt_hash" in changed:
         changed.remove("prompt_hash")
@@ -196,7 +204,9 @@ def check_folder(store: Any, identity: dict[str, Any], *, force: bool = False) -
     if not store.has_replies():
         return None  # nothing to protect (a first attempt that never got a reply, e.g. to a wrong URL)
     changed = differences(recorded, identity)
-    if changed and not force:
+    if not changed:
+        return None  # e.g. response_format auto, where the server's format decides the requests
+    if not force:
         raise MeltError(
             "this run folder holds replies of another configuration: "
             + "; ".join(changed)

@@ -94,6 +94,23 @@ def safe_url(url: str) -> str:
     return str(parsed)
 
 
+#: Query parameters whose values are credentials (Azure Functions' `code`, gateways' `key`, signed URLs' `sig`).
+_SECRET_PARAMETER = re.compile(r"key|token|secret|pass|auth|sig|code|credential", re.IGNORECASE)
+
+
+def identity_url(url: str) -> str:
+    """`url` as a run folder's identity records it: without credentials, its query kept (`?api-version=` or a
+    gateway's routing decide the replies) but for the values of parameters named like credentials."""
+    parsed = URL(url)
+    if parsed.user is not None or parsed.password is not None:
+        parsed = parsed.with_user(None).with_password(None)
+    if parsed.query_string:
+        parsed = parsed.with_query(
+            [(k, "***" if _SECRET_PARAMETER.search(k) else v) for k, v in parsed.query.items()]
+        )
+    return str(parsed)
+
+
 def check_base_url(url: str) -> URL:
     """The parsed base URL, or a `BackendError` naming it (without credentials) when it cannot be one."""
     shown = safe_url(url)
@@ -197,7 +214,7 @@ class OpenAIBackend:
     # -- what the engine records and remembers ------------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.name, "base_url": self.base_url, "model": self.model}
+        return {"kind": self.name, "base_url": identity_url(str(self._base)), "model": self.model}
 
     @property
     def max_concurrency(self) -> int | None:
