@@ -239,7 +239,7 @@ async def _run(
         annotator = Annotator(config, prompt, backend, store, price)
         # The handlers stay until the outputs are written: a signal then changes nothing, rather than stopping
         # the process between the renames of two tables.
-        with _signals_stop(annotator):
+        with _signals_stop(annotator) as signals:
             if progress:
                 outcomes = await _with_progress(annotator, utterances, config)
             else:
@@ -265,6 +265,7 @@ async def _run(
                 identity=identity,
             )
             _write_outputs(result, config, prompt, corpus_path, started, replaced)
+            await signals.deliver_pending()
         if annotator.fatal is not None:
             raise annotator.fatal
         return result
@@ -281,10 +282,11 @@ class _signals_stop:
     def __init__(self, annotator: Annotator):
         self.annotator = annotator
         self.installed: list[int] = []
+        self.written = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _signals_stop:
         if threading.current_thread() is not threading.main_thread():
-            return
+            return self
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -292,10 +294,22 @@ class _signals_stop:
             except (NotImplementedError, RuntimeError, ValueError):
                 continue
             self.installed.append(signum)
+        return self
+
+    async def deliver_pending(self) -> None:
+        """Let a signal that came during the final write (which blocks the event loop) reach its handler
+        before the handlers go: dropped, it would end the process as if nobody had asked it to stop."""
+        self.written = True
+        for _ in range(3):  # the loop reads its wake-up pipe, then runs the handler it queued
+            await asyncio.sleep(0)
 
     def _received(self, signum: int) -> None:
         annotator = self.annotator
         name = signal.Signals(signum).name
+        if self.written:
+            annotator.stats.interrupted = annotator.stats.interrupted or name
+            print(f"melt: {name}: the tables and run.json are written; stopping", file=sys.stderr, flush=True)
+            return
         if annotator.stats.interrupted is not None:
             print(f"melt: {name} again: cancelling the requests in flight", file=sys.stderr, flush=True)
             annotator.cancel_in_flight()
