@@ -290,35 +290,47 @@ class Pacer:
 
     With plenty left, nothing is paced. Below a low-water mark, requests go out at the rate the server refills
     its limit: (limit - remaining) / reset for a bucket that refills continuously (OpenAI's `reset` is the time
-    until the limit is whole again), or remaining / reset when the server does not give its limit."""
+    until the limit is whole again), or remaining / reset when the server does not give its limit. With nothing
+    left and no limit given, requests wait until the limit is whole again, `reset` from now, and then go (not
+    one per reset time). A reply saying there is room again ends every wait at once (`relaxed`)."""
 
     def __init__(self) -> None:
         self.interval = 0.0
         self._next = 0.0
+        self._resume_at = 0.0
         self.tokens_per_request = 0.0
+        #: set (and replaced) whenever the pace becomes less strict: paced requests look again
+        self.relaxed = asyncio.Event()
 
     def observe(self, state: RateLimitState | None, in_flight: int) -> None:
         if state is None:
             return
-        interval = 0.0
+        interval = resume_at = 0.0
+        now = time.monotonic()
         for kind, (limit, remaining, reset) in state.kinds.items():
             cost = 1.0 if kind == "requests" else self.tokens_per_request
-            if cost <= 0 or remaining >= 2 * cost * max(in_flight, 1) + cost:
+            if cost <= 0 or remaining >= 2 * cost * max(in_flight, 1) + cost or reset <= 0:
                 continue
-            if limit is not None and limit > remaining and reset > 0:
-                rate = (limit - remaining) / reset
-            elif reset > 0:
-                rate = max(remaining, 1.0) / reset
+            if limit is not None and limit > remaining:
+                interval = max(interval, cost * reset / (limit - remaining))
+            elif remaining < cost:
+                resume_at = max(resume_at, now + reset)
             else:
-                continue
-            interval = max(interval, cost / rate)
+                interval = max(interval, cost * reset / remaining)
+        if interval < self.interval or (resume_at < self._resume_at and self._resume_at > now):
+            self._next = now
+            self.relaxed.set()
+            self.relaxed = asyncio.Event()
         self.interval = interval
+        self._resume_at = resume_at
 
     def delay(self) -> float:
         """Seconds the next request waits; reserves its slot."""
+        now = time.monotonic()
+        if self._resume_at > now:
+            return self._resume_at - now
         if self.interval <= 0:
             return 0.0
-        now = time.monotonic()
         at = max(now, self._next)
         self._next = at + self.interval
         return at - now
@@ -616,9 +628,7 @@ class Annotator:
                     raise _Stopped
                 sent_in = await self.limit.acquire()
                 try:
-                    delay = self.pacer.delay()
-                    if delay:
-                        await self._sleep(delay)
+                    await self._pace()
                     attempts += 1
                     self.stats.sent += 1
                     reply = await self.backend.complete(request)
@@ -769,6 +779,21 @@ class Annotator:
             # Counted, not judged by the float sum, which subtraction may leave a hair above zero.
             self._reserved = self._reserved - reservation if self._reservations else 0.0
         self._budget_freed.set()
+
+    async def _pace(self) -> None:
+        """Wait as the pacer asks; when a reply says there is room again meanwhile, look again at once."""
+        while (delay := self.pacer.delay()) > 0:
+            relaxed = asyncio.ensure_future(self.pacer.relaxed.wait())
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            try:
+                await asyncio.wait((relaxed, stopped), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                relaxed.cancel()
+                stopped.cancel()
+            if self.stopping:
+                raise _Stopped
+            if not relaxed.done() or relaxed.cancelled():
+                return  # waited its whole delay
 
     async def _sleep(self, delay: float) -> None:
         """Sleep, unless the run stops meanwhile (then `_Stopped`)."""
