@@ -2,7 +2,7 @@
 final write, and the Python API's settings.
 
 Real loopback server (tests/openai_server.py, replies scripted per test), real subprocesses and signals. Each
-test fails until its defect is fixed.
+test once failed on a defect the review found.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 from annotate_helpers import corpus_table, fast_config
-from review_findings_helpers import (
+from scripted_server import (
     ScriptedServer,
     answer,
     completion,

@@ -1,7 +1,7 @@
 """Review of issue 8 (adversarial): money and work that can still be lost, and errors that come too late.
 
 Real small filesystems (tmpfs in a private mount namespace, `unshare -Urm`), real subprocesses, and the loopback
-server of tests/openai_server.py with replies scripted per test. Each test fails until its defect is fixed.
+server of tests/openai_server.py with replies scripted per test. Each test once failed on a defect the review found.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from annotate_helpers import corpus_table, fast_config
-from review_findings_helpers import ScriptedServer, answer, completion, environment, send, utterance_text
+from scripted_server import ScriptedServer, answer, completion, environment, send, utterance_text
 
 from melt.annotate import run_annotation
 from melt.annotate.store import STORE_NAME

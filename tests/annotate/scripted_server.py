@@ -1,4 +1,4 @@
-"""The loopback server of tests/openai_server.py with replies scripted per test, for the review of issue 8.
+"""The loopback server of tests/openai_server.py with replies scripted per test.
 
 `ScriptedServer(script=f)` is `FakeOpenAIServer` where `f(server, body, handler)` may answer a chat request
 itself (and return True); otherwise the request goes to the ordinary fake server. Everything else (the request

@@ -1,7 +1,7 @@
 """Review of issue 8 (adversarial): replies and servers the engine does not survive yet.
 
 Each test reproduces one defect found by the review against the real loopback server (tests/openai_server.py,
-with replies scripted per test) or a real TCP listener, and fails until the defect is fixed at its root.
+with replies scripted per test) or a real TCP listener, and once failed on it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from annotate_helpers import corpus_table, fast_config
-from review_findings_helpers import (
+from scripted_server import (
     ScriptedServer,
     answer,
     completion,
