@@ -196,7 +196,8 @@ class OpenAIBackend:
         # Until the server has answered once, a connection that fails means a wrong URL or a server that is not
         # running: that stops the run at once instead of being retried for minutes.
         self._reached = False
-        # Until a chat request has had a JSON reply, a body that is no JSON means --base-url is no OpenAI server.
+        # Until a chat request has had a JSON reply, a document that is no JSON means --base-url is no OpenAI
+        # server.
         self._answered = False
         # What this server takes, learnt from its answers (and remembered in the run's store by the engine).
         self.family = "unknown"
@@ -251,8 +252,18 @@ class OpenAIBackend:
         An unreachable server raises `BackendError` here, before any paid request."""
         try:
             response = await self._request("GET", self._endpoint("models"))
-        except (RetryableError, RequestFailed):
+        except RetryableError as exc:
+            if exc.reason.startswith("connection") and not self._reached:
+                # The first contact, and no HTTP answer: something listens there that is no HTTP server (an SSH
+                # daemon) or shuts the door at once. Retrying would only delay saying so.
+                raise BackendError(
+                    f"{self.base_url} does not answer as an HTTP server ({exc.reason}): is --base-url the "
+                    "address of an OpenAI-compatible server?"
+                ) from exc
             return self.family
+        except RequestFailed:
+            return self.family
+        self._reached = True
         if response.status_code in (401, 403):
             raise BackendError(
                 f"{self.base_url} refused the API key (HTTP {response.status_code}); check ${self._api_key_env}: "
@@ -431,12 +442,6 @@ class OpenAIBackend:
                 raise BackendError(_unreachable(self.base_url, self._url.host or "", exc)) from exc
             raise RetryableError(f"connection: {type(exc).__name__}") from exc
         except aiohttp.ClientError as exc:
-            if not self._reached:
-                # Not one HTTP answer yet: something listens there that is no HTTP server (or shuts the door).
-                raise BackendError(
-                    f"{self.base_url} does not answer as an HTTP server ({type(exc).__name__}): is --base-url "
-                    "the address of an OpenAI-compatible server?"
-                ) from exc
             # Dropped connections, resets, bodies cut short; the text names the failure, never the request.
             raise RetryableError(f"connection: {type(exc).__name__}") from exc
 
@@ -460,8 +465,10 @@ class OpenAIBackend:
         try:
             data = _loads(response.content if text is received else text.encode(), text)
         except ValueError as exc:
-            if not self._answered:
-                kind = response.headers.get("Content-Type", "no Content-Type")
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            document = "json" not in kind.lower() or response.content.lstrip()[:1] == b"<"
+            if not self._answered and document:
+                # A web page (or any other document) in reply to the first chat completion: not a body cut short.
                 raise BackendError(
                     f"{self.base_url} answered a chat completion with a body that is not JSON ({kind}): is "
                     "--base-url the address of an OpenAI-compatible server (often ending in /v1)?"
