@@ -34,17 +34,28 @@ def tess(speech, tmp_path_factory):
         (root / "OAF_angry" / "OAF_back_angry.wav").read_bytes()
     )
     (root / "README.txt").write_text("Toronto emotional speech set\n")
+    # The release misnames one file (OA_ for OAF_), and copies of it differ in the case of names.
+    shutil.copy(root / "OAF_neutral" / "OAF_back_neutral.wav", root / "OAF_neutral" / "OA_bite_neutral.wav")
+    shutil.copytree(root / "YAF_Angry", root / "TESS Toronto emotional speech set data" / "yaf_angry")
+    (root / "TESS Toronto emotional speech set data" / "yaf_angry" / "YAF_dog_Angry.wav").rename(
+        root / "TESS Toronto emotional speech set data" / "yaf_angry" / "yaf_DOG_angry.wav"
+    )
     return root, built
 
 
 def test_tess_labels_speakers_text_and_durations(tess):
     root, built = tess
     table = load_tess(root).set_index("id")
-    assert len(table) == 9
+    assert len(table) == 10
     assert table.at["tess/OAF_back_ps", "label"] == "surprise"
     assert table.at["tess/OAF_back_ps", "label_original"] == "ps"
-    assert table.at["tess/YAF_dog_Angry", "label"] == "anger"  # file names come in any case
-    assert table.at["tess/YAF_dog_Angry", "label_original"] == "angry"
+    # file names come in any case; ids are written in one, so the two copies are one utterance
+    assert table.at["tess/YAF_dog_angry", "label"] == "anger"
+    assert table.at["tess/YAF_dog_angry", "label_original"] == "angry"
+    assert table.at["tess/YAF_dog_angry", "audio"].lower().endswith("yaf_angry/yaf_dog_angry.wav")
+    # the release's OA_bite_neutral.wav is OAF's
+    assert table.at["tess/OAF_bite_neutral", "speaker"] == "OAF"
+    assert table.at["tess/OAF_bite_neutral", "text"] == "Say the word bite"
     assert table.at["tess/YAF_dog_happy", "label"] == "joy"
     assert table.at["tess/OAF_back_fear", "label"] == "fear"
     assert set(table["speaker"]) == {"OAF", "YAF"} and set(table["gender"]) == {"F"}
@@ -56,8 +67,9 @@ def test_tess_labels_speakers_text_and_durations(tess):
     assert sorted(table.groupby("speaker")["fold"].unique().map(list).sum()) == [1, 2]
     assert speaker_overlap(table.reset_index(), parts="fold").empty
     notes = " | ".join(table.attrs["melt"]["notes"])
-    assert "1 identical duplicate" in notes
+    assert "2 identical duplicate" in notes
     assert "1 file(s) skipped, not named like OAF_back_angry.wav" in notes and "(1).wav" in notes
+    assert "1 file(s) named OA_/YA_ read as OAF/YAF's: OAF_neutral/OA_bite_neutral.wav" in notes
 
 
 def test_tess_unreadable_and_conflicting_files(tess, tmp_path):
@@ -72,7 +84,7 @@ def test_tess_unreadable_and_conflicting_files(tess, tmp_path):
     assert pd.isna(table.at["tess/YAF_bad_sad", "audio"]) and pd.isna(
         table.at["tess/YAF_bad_sad", "duration"]
     )
-    assert table["audio"].notna().sum() == 9
+    assert table["audio"].notna().sum() == 10
     # the same name with different audio in two folders: either could be right
     other = copy / "TESS Toronto emotional speech set data" / "OAF_angry" / "OAF_back_angry.wav"
     other.unlink()

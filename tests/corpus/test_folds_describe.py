@@ -123,3 +123,26 @@ def test_describe_writes_json_and_figures(speech, tmp_path, melt_cli):
     assert description["made_by"]["melt"] and description["made_by"]["table"] == str(table_path.resolve())
     for name in ("durations.png", "labels.png", "votes.png"):
         assert (tmp_path / "describe" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_describe_keeps_the_folds_of_several_corpora_apart():
+    """Each corpus numbers its own folds: in a table of two corpora, fold 1 of one is not fold 1 of the other."""
+    from melt.corpus.describe import describe_table
+    from melt.corpus.schema import conform
+
+    one = speakers_table({"a": 2, "b": 1}).assign(
+        corpus="tess", label=["anger", "anger", "joy"], fold=[1, 1, 2]
+    )
+    two = speakers_table({"c": 1, "d": 2}).assign(
+        id=lambda t: "r/" + t["id"], corpus="ravdess", label=["joy", "fear", "fear"], fold=[1, 2, 2]
+    )
+    description = describe_table(conform(pd.concat([one, two], ignore_index=True)))
+    assert description["labels_per_fold"] == {
+        "ravdess 1": {"joy": 1},
+        "ravdess 2": {"fear": 2},
+        "tess 1": {"anger": 2},
+        "tess 2": {"joy": 1},
+    }
+    assert description["speakers_per_fold"] == {"ravdess 1": 1, "ravdess 2": 1, "tess 1": 1, "tess 2": 1}
+    # one corpus: plain fold numbers, as before
+    assert set(describe_table(conform(one))["labels_per_fold"]) == {"1", "2"}

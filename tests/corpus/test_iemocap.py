@@ -101,13 +101,52 @@ def test_votes_weigh_each_rater_one(iemocap):
     }
     # two labels that both map to joy add up to the rater's single weight
     assert votes["iemocap/Ses01F_impro01_F001"] == {"E1": {"joy": 1.0}, "E2": {"joy": 1.0}}
-    assert votes["iemocap/Ses01F_impro01_F000"] == {
-        "E1": {"neutral": 1.0},
-        "E2": {"neutral": 1.0},
-        "F1": {"neutral": 1.0},
-    }
+    # the actor's self-evaluation (C-F1) is not an evaluator's vote: it is kept apart in self_votes
+    assert votes["iemocap/Ses01F_impro01_F000"] == {"E1": {"neutral": 1.0}, "E2": {"neutral": 1.0}}
+    assert json.loads(table.at["iemocap/Ses01F_impro01_F000", "self_votes"]) == {"F1": {"neutral": 1.0}}
+    assert pd.isna(table.at["iemocap/Ses01F_impro01_M000", "self_votes"])
     # the dimensional A- lines are not votes, and the stored text is the documented JSON
     assert json.loads(table.at["iemocap/Ses02M_script01_1_F000", "votes"]) == {"E4": {"sadness": 1.0}}
+
+
+#: The first two turns of the release's Session1/dialog/EmoEvaluation/Ses01F_impro01.txt as it is laid out: the
+#: actor's self-evaluation (C-F1, A-F1) follows the evaluators' lines, and the [V, A, D] triple is the mean of the
+#: evaluators' A- lines alone (F000: E3 3/2/2 and E4 2/3/3 give 2.5/2.5/2.5; with F1's 3/2/1 it would not).
+RELEASE_BLOCK = (
+    "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\r\n\r\n"
+    "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]\r\n"
+    "C-E2:\tNeutral;\t()\r\nC-E3:\tNeutral;\t()\r\nC-E4:\tNeutral;\t()\r\nC-F1:\tNeutral;\t(curious)\r\n"
+    "A-E3:\tval 3; act 2; dom  2;\t()\r\n"
+    "A-E4:\tval 2; act 3; dom  3;\t(mildly aggravated but staying polite, attitude)\r\n"
+    "A-F1:\tval 3; act 2; dom  1;\t()\r\n\r\n"
+    "[10.0100 - 11.3925]\tSes01F_impro01_M000\tfru\t[2.0000, 3.5000, 3.0000]\r\n"
+    "C-E2:\tFrustration; Anger;\t(; irritated (a bit))\r\nC-E3:\tOther:annoyed;\t()\r\n"
+    "C-E4:\tNeutral state;\t()\r\nC-M1:\tAnger;\t()\r\n"
+    "A-E2:\tval 2; act 4; dom  3;\t()\r\nA-E4:\tval 2; act 3; dom  3;\t()\r\nA-M1:\tval 1; act 5; dom  5;\t()\r\n"
+)
+
+
+def test_self_evaluations_of_the_release_are_not_votes(iemocap, tmp_path):
+    root, _ = iemocap
+    copy = tmp_path / "release"
+    shutil.copytree(root, copy)
+    (copy / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt").write_bytes(RELEASE_BLOCK.encode())
+    table = load_iemocap(copy, classes="all").set_index("id")
+    female, male = table.loc["iemocap/Ses01F_impro01_F000"], table.loc["iemocap/Ses01F_impro01_M000"]
+    assert json.loads(female["votes"]) == {
+        "E2": {"neutral": 1.0},
+        "E3": {"neutral": 1.0},
+        "E4": {"neutral": 1.0},
+    }
+    assert json.loads(female["self_votes"]) == {"F1": {"neutral": 1.0}}
+    assert json.loads(male["votes"]) == {
+        "E2": {"frustration": 0.5, "anger": 0.5},
+        "E3": {"other": 1.0},
+        "E4": {"neutral": 1.0},
+    }
+    assert json.loads(male["self_votes"]) == {"M1": {"anger": 1.0}}
+    assert (female["valence"], female["arousal"], female["dominance"]) == (2.5, 2.5, 2.5)
+    assert male["speaker"] == "Ses01M" and male["label"] == "frustration"
 
 
 def test_all_classes_keep_off_set_labels_and_multi_label_weights(iemocap):

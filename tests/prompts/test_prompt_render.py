@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -44,8 +43,6 @@ Format the response in the following JSON structure:
 }
 ```"""
 
-MELD = Path(__file__).resolve().parents[3] / "shared" / "data" / "meld" / "train_sent_emo.csv"
-
 
 def test_melt_template_is_the_papers_prompt(meld_rows):
     messages = build_messages(meld_rows, PromptConfig())
@@ -62,9 +59,8 @@ def test_melt_template_is_the_papers_prompt(meld_rows):
     assert messages["train/dia0_utt4"][1]["content"] == '"Chandler" at s8e21 said: "My duties?  All right."'
 
 
-@pytest.mark.skipif(not MELD.exists(), reason=f"MELD transcripts not found at {MELD}")
-def test_real_meld_rows_render_in_the_paper_format():
-    raw = pd.read_csv(MELD, nrows=50)
+def test_real_meld_rows_render_in_the_paper_format(shared_data):
+    raw = pd.read_csv(shared_data / "meld" / "train_sent_emo.csv", nrows=50)
     table = pd.DataFrame(
         {
             "id": [

@@ -20,6 +20,7 @@ import pytest
 from acoustics.espeak import require_tools, synthesise
 from melt.corpus.labels import MELT_LABEL_SET
 from melt.corpus.schema import write_table
+from timing import scaled
 
 #: id, speaker, text, human label, run status, LLM emotion, confidence, agreement, samples, espeak pitch
 UTTERANCES = [
@@ -267,7 +268,7 @@ class PreferenceServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + scaled(120)
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.db.with_suffix('.log').read_text()}")
@@ -278,7 +279,7 @@ class PreferenceServer:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the server did not answer within 120 s")
+                raise RuntimeError(f"the server did not answer within {scaled(120):.0f} s")
             time.sleep(0.2)
 
     def stop(self) -> int:
@@ -286,7 +287,7 @@ class PreferenceServer:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=scaled(60))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

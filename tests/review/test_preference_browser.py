@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 
 from acoustics.espeak import require_tools
+from timing import scaled
 
 from .conftest import PreferenceServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-TIMEOUT = 120  # seconds for any one thing the page does; the machine may be loaded
+TIMEOUT = scaled(120)  # seconds for any one thing the page does; the machine may be loaded
 
 
 def _require_browser() -> None:

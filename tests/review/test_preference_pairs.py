@@ -66,6 +66,7 @@ def test_filters(table, tmp_path, melt_cli):
         "--per-label", "2", "--seed", "1",
     )  # fmt: skip
     assert result.code == 0, result.stderr
+    assert "same description twice" not in result.stdout
     pairs = read_pairs(out)
     made = json.loads((tmp_path / "pairs.json").read_text())
     assert made["items"] == len(pairs) and made["settings"]["per_label"] == 2 and made["rows_in_table"] == 40
@@ -74,8 +75,11 @@ def test_filters(table, tmp_path, melt_cli):
     assert pairs["media"].map(lambda p: p.startswith("/")).all()
     assert pairs["media_sha256"].str.len().eq(64).all()
     csv = tmp_path / "pairs.csv"
-    assert melt_cli("preference", "pairs", table, "--a", "llm_label", "--b", "label", "--out", csv).code == 0
+    result = melt_cli("preference", "pairs", table, "--a", "llm_label", "--b", "label", "--out", csv)
+    assert result.code == 0, result.stderr
     assert read_pairs(csv)["a_first"].dtype == "boolean"
+    # identical descriptions leave a participant nothing to choose: the 26 of them are pointed out
+    assert "26 items show the same description twice" in " ".join(result.stdout.split())
     # --group: the report groups by another column
     grouped = build_pairs(
         pd.read_csv(table), PairsSettings(a="llm_label", b="label", group="llm_label"), source=table

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from melt.review.pairs import read_pairs
+from timing import scaled
 
 from .conftest import PreferenceServer, free_port
 
@@ -26,7 +27,7 @@ class Client:
         self.cookie: str | None = None
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=scaled(60))
         headers = dict(headers or {})
         if self.cookie:
             headers.setdefault("Cookie", self.cookie)
@@ -323,3 +324,65 @@ def test_allowed_codes_and_start_errors(pairs_file, tmp_path, melt_cli):
     result = melt_cli("preference", "serve", tmp_path / "stale.parquet", "--db", tmp_path / "z.sqlite")
     assert result.code == 2 and "changed since the pairs table was made" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_report_of_a_single_participant_is_strict_json(pairs_file, tmp_path, melt_cli):
+    """With one participant no item has two answers: κ is undefined, which summary.json must write as null
+    (NaN is not JSON; strict readers such as JavaScript's JSON.parse refuse it)."""
+    from melt.review.results import PreferenceStore
+
+    pairs = read_pairs(pairs_file)
+    store = PreferenceStore(tmp_path / "one.sqlite")
+    store.bind(pairs, pairs_file, allow_neither=True)
+    store.enrol("solo", pairs)
+    while (item := store.next_assignment("solo")) is not None:
+        assert store.answer("solo", item.position, "a" if item.position % 2 else "b")
+    store.close()
+    out = tmp_path / "report"
+    result = melt_cli("preference", "report", tmp_path / "one.sqlite", "--out", out)
+    assert result.code == 0, result.stderr
+    assert "κ undefined" in result.stdout
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["agreement"]["fleiss_kappa"] is None
+    assert summary["agreement"]["items_with_two_or_more_answers"] == 0
+    assert "nan" not in (out / "report.md").read_text().lower()
+
+
+def test_killed_server_loses_no_answer_and_the_session_resumes(pairs_file, tmp_path, melt_cli):
+    """SIGKILL between answers (no clean shutdown, the WAL not checkpointed): every answered item is in the
+    results file, and after a restart the same browser session continues where it stopped."""
+    import signal
+
+    db = tmp_path / "results.sqlite"
+    answered = []
+    with PreferenceServer(pairs_file, db) as first:
+        dave = Client(first)
+        dave.login("dave")
+        for choice in ("first", "second", "neither"):
+            _, _, data = dave.request("GET", "/api/participants/dave/next")
+            position = json.loads(data)["position"]
+            status, _, _ = dave.request(
+                "POST", "/api/participants/dave/answers", {"position": position, "choice": choice}
+            )
+            assert status == 201
+            answered.append(position)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+    assert Path(f"{db}-wal").exists()  # killed before any checkpoint: the answers live in the WAL
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        stored = [r[0] for r in connection.execute("SELECT position FROM answers ORDER BY answered_at")]
+    assert stored == answered
+    with PreferenceServer(pairs_file, db) as second:
+        dave.port = second.port
+        status, _, data = dave.request("GET", "/api/session")  # the old cookie, a new server process
+        assert status == 200 and json.loads(data)["answered"] == 3
+        _, _, data = dave.request("GET", "/api/participants/dave/next")
+        assert json.loads(data)["position"] not in answered
+    result = melt_cli("preference", "report", db, "--out", tmp_path / "report")
+    assert result.code == 0, result.stderr
+    overall = pd.read_csv(tmp_path / "report" / "preference.csv").set_index("group").loc["overall"]
+    assert overall["answers"] == 3 and overall["neither"] == 1

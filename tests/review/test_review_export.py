@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import unquote
@@ -59,6 +60,7 @@ def test_label_studio_export(review_run, tmp_path, melt_cli):
     assert result.code == 0, result.stderr
     assert "exported 6 of 8 utterances" in result.stdout
     assert "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=" in result.stdout
+    assert "with the absolute local path" in " ".join(result.stdout.split())
     tasks = json.loads((out / "tasks.json").read_text())
     assert [t["data"]["utterance_id"] for t in tasks] == [uid for uid, _ in EXPECTED_DOUBT]
     manifest = json.loads((out / "export.json").read_text())
@@ -70,6 +72,10 @@ def test_label_studio_export(review_run, tmp_path, melt_cli):
         # the URL Label Studio serves: /data/local-files/?d=<path relative to the document root>
         assert data["audio"].startswith("/data/local-files/?d=")
         assert (root / unquote(data["audio"].split("?d=", 1)[1])).resolve() == audio.resolve()
+        # Label Studio serves a file only through a Local files storage holding it, and refuses a storage equal
+        # to its document root (checked on Label Studio 1.23): no file may lie directly in the root
+        assert audio.parent.resolve() != root.resolve()
+        assert audio.resolve().is_relative_to(Path(manifest["audio_folder"]).resolve())
         assert data["reasons"] and data["header"].startswith(data["speaker"])
     by_id = {t["data"]["utterance_id"]: t for t in tasks}
     changed = by_id["train/dia0_utt2"]["predictions"]
@@ -175,6 +181,10 @@ def test_audio_root_and_prefix(review_run, tmp_path, melt_cli):
     )
     assert result.code == 2 and "is not inside --audio-root" in result.stderr
     assert "Traceback" not in result.stderr
+    # a document root holding the audio directly cannot serve local files: said, not silently exported
+    result = melt_cli("review", "export", review_run.run_dir, "--out", out, "--audio-root", root / "wav")
+    assert result.code == 0, result.stderr
+    assert "refuses a Local files storage equal to its document root" in " ".join(result.stdout.split())
 
 
 def test_export_errors(review_run, tmp_path, melt_cli):
@@ -258,3 +268,21 @@ def test_published_melt_labels_as_a_run(shared_data, tmp_path, melt_cli):
     assert all(t["data"]["llm_label"] != t["data"]["human_label"] for t in tasks)
     # off-set labels (frustration, comfort) are in the test file only; train labels are all in the set
     assert all(len(t["predictions"]) == 2 for t in tasks)
+
+
+def test_label_studio_storages_for_an_audio_root(tmp_path):
+    """Label Studio serves a file only through a Local files storage holding it and refuses a storage equal to
+    its document root: the storages to add, for each way the audio can lie under the root."""
+    from melt.review.export import ExportResult
+
+    def storages(root: Path, paths: list[str]) -> list[Path]:
+        selected = pd.DataFrame({"audio_path": [str(root / p) for p in paths], "audio_sha256": "x" * 64})
+        folder = Path(os.path.commonpath([str((root / p).parent) for p in paths]))
+        return ExportResult(tmp_path, selected, len(paths), root, folder).label_studio_storages()
+
+    root = tmp_path / "data"
+    assert storages(root, ["audio/a.wav", "audio/b.wav"]) == [root / "audio"]
+    # the audio in two sub-folders of the root: one storage each, never the root itself
+    assert storages(root, ["train/a.wav", "dev/b.wav", "dev/c/d.wav"]) == [root / "dev", root / "train"]
+    # a file directly in the root cannot be served at all
+    assert storages(root, ["a.wav", "train/b.wav"]) == []

@@ -1,8 +1,9 @@
 """`melt review import`: Label Studio and Argilla exports back to decisions, and `melt compare` on them.
 
-The exports are written here the way Label Studio (JSON export, current and old `completions` format) and
-Argilla 2.x (`records.to_json`/`to_disk`, nested, and `to_list(flatten=True)`) write them, from the tasks and
-records `melt review export` produced.
+The exports are written here the way Label Studio (JSON export, current and old `completions` format; checked
+against a real Label Studio 1.23 export) and Argilla 2.x (`records.to_json`/`to_disk`, nested: Argilla 2.8 writes
+responses without their status; with a status as hand-made files have it; and `to_list(flatten=True)`) write
+them, from the tasks and records `melt review export` produced.
 """
 
 from __future__ import annotations
@@ -208,6 +209,50 @@ def test_label_studio_round_trip(review_run, exported, tmp_path, melt_cli):
     assert result.code == 0, result.stderr
     summary = json.loads((cmp_dir / "summary.json").read_text())
     assert (summary["n"], summary["changed"]) == (3, 0)
+
+
+def test_label_studio_ground_truth_decides(exported, tmp_path, melt_cli):
+    tasks = label_studio_export(exported)
+    by_id = {t["data"]["utterance_id"]: t for t in tasks}
+    # a tie between alice (surprise) and bob (joy), until the manager marks alice's annotation as ground truth
+    by_id[U_PANEL]["annotations"][0]["ground_truth"] = True
+    # two ground-truth annotations that disagree are no verdict: a second look
+    by_id[U_CHANGED]["annotations"][0]["ground_truth"] = True
+    by_id[U_CHANGED]["annotations"][1]["ground_truth"] = True
+    out = tmp_path / "decisions.csv"
+    result = melt_cli("review", "import", _write(tmp_path / "gt.json", tasks), "--out", out)
+    assert result.code == 0, result.stderr
+    decisions = pd.read_csv(out).set_index("id")
+    assert decisions.loc[U_PANEL, ["label", "decision"]].tolist() == ["surprise", "ground_truth"]
+    assert decisions.loc[U_PANEL, "agreement"] == 0.5
+    assert decisions.loc[U_CHANGED, "decision"] == "tie"
+    assert decisions.loc[U_CHANGED, "candidates"] == "anger|neutral"
+    reviews = pd.read_csv(reviews_path(out))
+    marked = reviews[reviews["ground_truth"]]
+    assert sorted(zip(marked["id"], marked["label"], strict=True)) == [
+        (U_CHANGED, "anger"),
+        (U_CHANGED, "neutral"),
+        (U_PANEL, "surprise"),
+    ]
+
+
+def test_argilla_records_as_argilla_writes_them(review_run, tmp_path, melt_cli):
+    """Argilla 2.8's `records.to_json`/`to_disk` write each response as {value, user_id}: no status, so a draft
+    or a discarded answer cannot be told from a submitted one. The import says so instead of passing them off as
+    submitted reviews silently."""
+    records, _ = argilla_records(review_run, tmp_path, melt_cli)
+    for record in records:
+        record["status"] = "completed" if record["responses"] else "pending"
+        for answers in record["responses"].values():
+            for answer in answers:
+                del answer["status"]
+    out = tmp_path / "decisions.parquet"
+    result = melt_cli("review", "import", _write(tmp_path / "records.json", records), "--out", out)
+    assert result.code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "9 Argilla responses carry no status" in said and "to_list(flatten=True)" in said
+    made = json.loads((tmp_path / "decisions.json").read_text())
+    assert made["argilla_responses_without_status"] == 9 and made["drafts"] == 0
 
 
 def test_old_completions_format(exported, tmp_path):

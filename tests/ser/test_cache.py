@@ -59,6 +59,29 @@ def test_same_audio_under_two_ids_is_computed_once(tiny_backbones, small_table, 
     np.testing.assert_array_equal(found.whole[0], found.whole[3])
 
 
+def test_a_file_rewritten_with_its_old_size_and_time_is_hashed_again(tiny_backbones, small_table, tmp_path):
+    """The hash memo may skip reading an unchanged file, but a file whose content changed is read again even when
+    its size and modification time are the old ones (a same-length clip re-rendered, its time restored by cp -p,
+    rsync -t or tar): its features are the new audio's."""
+    backbone = load_backbone(tiny_backbones["wavlm"], device="cpu")
+    clip = tmp_path / "clip.wav"
+    first, second = small_table["audio"].iloc[0], small_table["audio"].iloc[1]
+    signal, rate = soundfile.read(first, dtype="float32")
+    soundfile.write(clip, signal, rate, subtype="PCM_16")
+    table = pd.DataFrame({"id": ["clip"], "audio": [str(clip)]})
+    cache = FeatureCache.create(tmp_path / "cache", backbone)
+    extract_features(table, backbone, cache, progress=False)
+    stamp = clip.stat()
+    other, _ = soundfile.read(second, dtype="float32")
+    soundfile.write(clip, np.resize(other, len(signal)), rate, subtype="PCM_16")  # same length, same size
+    os.utime(clip, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert clip.stat().st_size == stamp.st_size and clip.stat().st_mtime_ns == stamp.st_mtime_ns
+    result = extract_features(table, backbone, FeatureCache.open(tmp_path / "cache"), progress=False)
+    assert result.computed == 1
+    found = lookup(FeatureCache.open(tmp_path / "cache"), table)
+    np.testing.assert_allclose(found.whole[0], backbone.pooled([read_audio(clip)])[0], rtol=1e-4, atol=1e-5)
+
+
 def test_bad_audio_is_listed_and_skipped(tiny_backbones, small_table, tmp_path):
     backbone = load_backbone(tiny_backbones["wavlm"], device="cpu")
     nan = tmp_path / "nan.wav"

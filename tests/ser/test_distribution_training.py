@@ -313,3 +313,47 @@ def test_distribution_experiment_bad_configs(graded_corpus, graded_distributions
         run_distribution_experiment(
             load_experiment(config(classes=["anger", "joy"])), tmp_path / "o", progress=False
         )
+
+
+def test_distribution_experiment_redoes_what_changed_audio_or_distributions_affect(
+    graded_corpus, graded_distributions, tiny_backbones, tmp_path
+):
+    """A finished run, and a fold's frame mix, are reused only while the audio content and the distributions they
+    were made from are unchanged: after clips are re-recorded in place, or the distributions file changes, a rerun
+    gives exactly what a fresh run gives."""
+    import shutil
+
+    from melt.ser.distribution_experiment import run_distribution_experiment
+    from melt.ser.experiment import load_experiment
+
+    table = graded_corpus.table.copy()
+    (tmp_path / "audio").mkdir()
+    table["audio"] = [str(Path(shutil.copy(p, tmp_path / "audio" / Path(p).name))) for p in table["audio"]]
+    table.to_parquet(tmp_path / "table.parquet", index=False)
+    shutil.copy(graded_distributions, tmp_path / "distributions.parquet")
+    config = {
+        "distributions": {"graded": {"table": "table.parquet", "distributions": "distributions.parquet"}},
+        "backbones": [str(tiny_backbones["wavlm"])], "targets": ["human"], "dime": [False], "seeds": [0],
+        "folds": [3], "training": {"epochs": 3}, "device": "cpu",
+    }  # fmt: skip
+    path = tmp_path / "distributions.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def run(out: str) -> pd.DataFrame:
+        return run_distribution_experiment(load_experiment(path), tmp_path / out, progress=False).results
+
+    before = run("out")
+    # re-recorded in place: the held-out session's angriest and saddest clips swap their audio
+    held_out = table[table["fold"] == 3]
+    grades = held_out["id"].map(graded_corpus.grades)
+    first, second = held_out["audio"].loc[grades.idxmax()], held_out["audio"].loc[grades.idxmin()]
+    a, b = Path(first).read_bytes(), Path(second).read_bytes()
+    Path(first).write_bytes(b)
+    Path(second).write_bytes(a)
+    rerun, fresh = run("out"), run("fresh_audio")
+    pd.testing.assert_frame_equal(rerun, fresh, check_exact=True)
+    assert not np.array_equal(before["jsd"].to_numpy(), fresh["jsd"].to_numpy())
+    # other human distributions for the training folds: the frame mix is fitted again
+    argmax_distributions(graded_distributions, tmp_path / "distributions.parquet")
+    rerun, fresh = run("out"), run("fresh_distributions")
+    pd.testing.assert_frame_equal(rerun, fresh, check_exact=True)

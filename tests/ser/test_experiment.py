@@ -147,6 +147,17 @@ def test_experiment_bad_inputs_are_one_line(experiment_inputs, tmp_path, melt_cl
     same = _config(experiment_inputs, ["egemaps"], test={"self": "train.parquet"})
     with pytest.raises(MeltError, match="use `in_domain: true`"):
         run_experiment(ExperimentConfig.load(same), tmp_path / "o3", progress=False)
+    # names that would share a run folder, or a test that would be pooled with the in-domain scores
+    for clash, pattern in (
+        ({"test": {"in_domain": "test_three.parquet"}}, "in_domain"),
+        ({"test": {"rav dess": "test_three.parquet", "rav_dess": "test_two.parquet"}}, "same folder"),
+        (
+            {"train": {"corpus": "train.parquet", "labels": {"a/b": "label", "a_b": "llm_label"}}},
+            "same folder",
+        ),
+    ):
+        with pytest.raises(MeltError, match=pattern):
+            ExperimentConfig.load(_config(experiment_inputs, ["egemaps"], **clash))
     broken = experiment_inputs / "broken.yaml"
     broken.write_text("train: {corpus: train.parquet}\nbackbones: []\n")
     with pytest.raises(MeltError, match="invalid experiment config"):
@@ -266,3 +277,43 @@ def test_a_rerun_with_other_settings_recomputes_and_the_same_settings_reuse(expe
 
     with pytest.raises(MeltError, match="single class"):
         run_experiment(ExperimentConfig.load(one_class), tmp_path / "o", progress=False)
+
+
+def _copy_with_audio(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """The table with its audio files copied into `folder` (so a test may change them)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = table.copy()
+    copied["audio"] = [str(Path(shutil.copy(p, folder / Path(p).name))) for p in table["audio"]]
+    return copied
+
+
+def _swap_audio(first: str, second: str) -> None:
+    a, b = Path(first).read_bytes(), Path(second).read_bytes()
+    Path(first).write_bytes(b)
+    Path(second).write_bytes(a)
+
+
+def test_a_changed_test_audio_file_redoes_the_runs_that_used_it(experiment_inputs, emotion_corpora, tmp_path):
+    """Features are keyed by audio content and so must finished runs be: after test clips are re-recorded (here:
+    anger and sadness clips swap their audio, the table unchanged), a rerun gives what a fresh run gives, not the
+    old scores."""
+    from melt.ser.experiment import ExperimentConfig, run_experiment
+
+    test = _copy_with_audio(emotion_corpora.test, tmp_path / "audio")
+    test.to_parquet(tmp_path / "test.parquet", index=False)
+    train = {"corpus": str(experiment_inputs / "train.parquet"), "labels": ["label"]}
+    config = _config(
+        experiment_inputs, ["egemaps"], train=train, seeds=[0], in_domain=False,
+        test={"three": str(tmp_path / "test.parquet")}, training={"epochs": 40, "min_per_class": 2},
+    )  # fmt: skip
+    before = run_experiment(ExperimentConfig.load(config), tmp_path / "out", progress=False).results
+    angry = test.loc[test["label"] == "anger", "audio"].tolist()
+    sad = test.loc[test["label"] == "sadness", "audio"].tolist()
+    for a, s in zip(angry, sad, strict=True):
+        _swap_audio(a, s)
+    rerun = run_experiment(ExperimentConfig.load(config), tmp_path / "out", progress=False).results
+    fresh = run_experiment(ExperimentConfig.load(config), tmp_path / "fresh", progress=False).results
+    pd.testing.assert_frame_equal(rerun, fresh)
+    assert fresh["uar"].iloc[0] != before["uar"].iloc[0]

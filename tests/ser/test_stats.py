@@ -64,3 +64,30 @@ def test_bootstrap_p_value_agrees_with_the_interval():
             assert excludes_zero, result
         if result["p_value"] > 0.06:
             assert not excludes_zero, result
+
+
+def test_tables_give_no_spread_for_a_single_seed():
+    """With one seed the standard deviation over seeds is undefined: the tables show the mean alone, not
+    "± 0.0000", which would read as a perfectly stable result."""
+    import pandas as pd
+
+    from melt.ser.distribution_experiment import result_tables
+    from melt.ser.experiment import table3_frame
+
+    labels = pd.DataFrame(
+        {"backbone": "egemaps", "labels": ["human", "llm"], "test": "ravdess", "seed": 0, "classes": 3,
+         "uar": [0.5, 0.6], "acc": [0.5, 0.6], "f1": [0.4, 0.5]}
+    )  # fmt: skip
+    table = table3_frame(labels, ["ravdess"])
+    assert table["ravdess (3 cl) UAR"].tolist() == ["0.5000", "**0.6000**"]
+    two_seeds = pd.concat([labels, labels.assign(seed=1, uar=[0.7, 0.6])], ignore_index=True)
+    assert table3_frame(two_seeds, ["ravdess"])["ravdess (3 cl) UAR"].tolist() == [
+        "**0.6000 ± 0.1414**",
+        "**0.6000 ± 0.0000**",
+    ]
+    distributions = pd.DataFrame(
+        {"backbone": "b", "corpus": "c", "target": ["human", "synthetic"], "dime": "without", "seed": 0,
+         "tertile": "all", "jsd": [0.3, 0.2], "bc": [0.7, 0.8]}
+    )  # fmt: skip
+    overall, _ = result_tables(distributions, ["c"])
+    assert overall["c JS ↓"].tolist() == ["0.3000", "**0.2000**"]

@@ -97,6 +97,18 @@ def test_training_is_deterministic_for_a_seed(wav2vec2_cache, emotion_corpora):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+def test_a_model_folder_repeats_byte_for_byte(egemaps_cache, emotion_corpora, tmp_path):
+    """Two CPU runs with one seed write the same weights file, byte for byte (not only equal tensors), and the
+    same curve and layer weights."""
+    settings = FAST.model_copy(update={"epochs": 3})
+    for name in ("a", "b"):
+        train_model(
+            egemaps_cache, emotion_corpora.train, "label", tmp_path / name, settings=settings, progress=False
+        )
+    for file in ("head.pt", "curve.csv", "layer_weights.csv"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
 def test_validation_speakers_are_held_out_whole():
     speakers = ["a"] * 50 + ["b"] * 30 + ["c"] * 12 + ["d"] * 8 + ["e"] * 100
     mask, rule = validation_split(speakers, fraction=0.1, seed=0)
@@ -106,6 +118,21 @@ def test_validation_speakers_are_held_out_whole():
     assert rule.startswith("speakers")
     mask, rule = validation_split([None] * 20, fraction=0.1, seed=0)
     assert mask.sum() == 2 and "not speaker-independent" in rule
+
+
+def test_rows_without_a_speaker_do_not_make_the_split_speaker_dependent():
+    """MSP-Podcast's "Unknown" speakers load as missing: those rows stay in training, and the validation set is
+    still made of whole known speakers (not a random share of utterances with every speaker on both sides)."""
+    speakers = ["a"] * 30 + ["b"] * 30 + ["c"] * 30 + ["d"] * 10 + [None] * 5
+    for seed in range(5):
+        mask, rule = validation_split(speakers, fraction=0.1, seed=seed)
+        chosen = {s for s, m in zip(speakers, mask, strict=True) if m}
+        trained = {s for s, m in zip(speakers, mask, strict=True) if not m}
+        assert chosen and None not in chosen and not chosen & trained, (seed, chosen)
+        assert rule.startswith("speakers") and "5 rows without a speaker" in rule
+    # a single known speaker cannot be split by speaker: a random share, said so
+    mask, rule = validation_split(["a"] * 20 + [None] * 5, fraction=0.2, seed=0)
+    assert mask.sum() == 5 and "not speaker-independent" in rule
 
 
 def test_egemaps_generalises_across_corpora_and_shuffled_labels_do_not(egemaps_cache, emotion_corpora):
@@ -154,7 +181,7 @@ def test_bad_training_input_is_one_clear_error(egemaps_cache, wav2vec2_cache, em
     train = emotion_corpora.train
     with pytest.raises(MeltError, match=r"missing column.*'llm_label'"):
         train_model(egemaps_cache, train, "llm_label", None, settings=FAST, progress=False)
-    with pytest.raises(MeltError, match="none of the classes"):
+    with pytest.raises(MeltError, match=r"none of the classes.*found: (anger|neutral|sadness) \(16\)"):
         train_model(egemaps_cache, train, "label", None, classes="joy,fear", settings=FAST, progress=False)
     with pytest.raises(MeltError, match=r"too few training rows per class.*anger: 1"):
         few = pd.concat([train[train["label"] != "anger"], train[train["label"] == "anger"].iloc[:1]])

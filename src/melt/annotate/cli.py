@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -12,8 +13,17 @@ EXIT_INCOMPLETE = 3
 
 
 def annotate_command(
-    corpus: Path = typer.Argument(..., help="Corpus table (.parquet or .csv) with one utterance per row."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: request store, annotations, run.json."),
+    corpus: Path = typer.Argument(
+        ...,
+        help="Corpus table (.parquet or .csv) with one utterance per row; or a run folder, to continue it with "
+        "the corpus and settings its run.json records (flags given override them).",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run folder: request store, annotations, run.json (required unless CORPUS is a run folder).",
+    ),
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML file of settings; flags override it."
     ),
@@ -72,6 +82,29 @@ def annotate_command(
         help="Use OUT although its replies came from another server, model or prompt settings (replies are "
         "reused only where the request is the same).",
     ),
+    batch: bool | None = typer.Option(
+        None,
+        "--batch/--live",
+        help="Send the requests through OpenAI's Batch API: half the price, results within 24 h; the command "
+        "submits and exits (status 3), rerun it to collect. --live: as live requests (the default).",
+    ),
+    wait: bool | None = typer.Option(
+        None,
+        "--wait",
+        help="Wait for the batches in progress (checking every 10 s, then less often, up to 5 min) and finish "
+        "in this invocation.",
+    ),
+    batch_repair: Literal["batch", "live"] | None = typer.Option(
+        None,
+        "--batch-repair",
+        help="Re-asks of invalid batch answers: in the next batch (default), or live at once (live price).",
+    ),
+    cancel_batch: bool = typer.Option(
+        False,
+        "--cancel-batch",
+        help="Cancel the run folder's batches in progress (with --wait: and collect what they completed) and "
+        "exit; a rerun then sends what they did not answer.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Annotate every utterance with an LLM: the MELT description, validated, resumable, at a known cost.
@@ -80,13 +113,17 @@ def annotate_command(
 
     OUT belongs to one process at a time and to one configuration (server, model, prompt, request settings).
 
-    Exit status: 2 on an error; 3 when utterances are left pending (budget, a server asking to wait) or failed (rerun to finish); 130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
+    With --batch the requests go through OpenAI's Batch API at half the price: rerun the command (or `melt annotate OUT`) to collect the results, or add --wait. Requests inside a batch in progress are never sent again.
+
+    Exit status: 2 on an error; 3 when utterances are left pending (budget, a server asking to wait, batches in progress) or failed (rerun to finish); 130/143 after Ctrl-C/SIGTERM, with the replies in flight stored and the tables written.
     """
     from melt.annotate.config import AnnotateConfig
-    from melt.annotate.run import RunInterrupted, estimate_run, run_annotation
+    from melt.annotate.run import RunInterrupted, cancel_batches, estimate_run, run_annotation
 
+    table, out, recorded = resolve_run_folder(corpus, out, need_corpus=not cancel_batch)
     config = AnnotateConfig.load(
         config_file,
+        recorded=recorded,
         base_url=base_url,
         model=model,
         n_ctx=n_ctx,
@@ -106,18 +143,34 @@ def annotate_command(
         max_cost=max_cost,
         limit=limit,
         logprobs=False if no_logprobs else None,
+        batch=batch,
+        batch_wait=wait,
+        batch_repair=batch_repair,
     )
     console = Console(highlight=False)
+    if cancel_batch:
+        report, records = cancel_batches(out, config, wait=config.batch_wait, progress=not quiet)
+        console.print(batches_table(records, f"melt annotate --cancel-batch: {out}"))
+        live = sum(r.live for r in records)
+        console.print(
+            f"cancelled {report.cancelled} batch(es)"
+            + (f"; {live} still ending: rerun to collect what they completed" if live else "")
+            + (f"; stored {report.replies} repl(ies) they completed" if report.replies else "")
+        )
+        return
+    assert table is not None
     if dry_run:
-        estimate = estimate_run(corpus, config, out, force_reuse=force_reuse)
+        estimate = estimate_run(table, config, out, force_reuse=force_reuse)
         console.print(estimate_table(estimate))
         return
     interrupted = None
     try:
-        result = run_annotation(corpus, config, out, progress=not quiet, force_reuse=force_reuse)
+        result = run_annotation(table, config, out, progress=not quiet, force_reuse=force_reuse)
     except RunInterrupted as exc:
         result, interrupted = exc.result, exc
     console.print(summary_table(result))
+    if result.batch is not None:
+        print_batch_state(console, result, out)
     counts = result.annotations["status"].value_counts()
     if result.stats.stop_reason:
         console.print(
@@ -140,20 +193,101 @@ def annotate_command(
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
+def resolve_run_folder(
+    corpus: Path, out: Path | None, *, need_corpus: bool
+) -> tuple[Path | None, Path, dict | None]:
+    """(corpus table, run folder, settings run.json recorded) of the command's arguments: CORPUS --out OUT, or
+    a run folder alone (its run.json names the corpus and the settings)."""
+    import json
+
+    from melt.annotate.store import STORE_NAME
+    from melt.errors import MeltError
+
+    if not (corpus.is_dir() and ((corpus / STORE_NAME).is_file() or (corpus / "run.json").is_file())):
+        if out is None:
+            raise MeltError(
+                "--out is required: the run folder to write (or give a run folder instead of CORPUS)"
+            )
+        return corpus, out, None
+    if out is not None and out.resolve() != corpus.resolve():
+        raise MeltError(
+            f"{corpus} is a run folder: give it alone to continue it, or a corpus table with --out {out}"
+        )
+    recorded: dict | None = None
+    run_json = corpus / "run.json"
+    if run_json.is_file():
+        try:
+            recorded = json.loads(run_json.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise MeltError(f"cannot read it ({exc})", file=run_json) from exc
+    table = (recorded or {}).get("corpus")
+    if table is None and need_corpus:
+        raise MeltError(
+            "this run folder has no run.json naming its corpus yet: give the corpus, "
+            f"melt annotate CORPUS --out {corpus}",
+            file=corpus,
+        )
+    settings = (recorded or {}).get("config")
+    return (Path(table) if table else None), corpus, settings if isinstance(settings, dict) else None
+
+
+def batches_table(records, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("batch", "status", "requests", "done / failed", "created"):
+        table.add_column(column, justify="right" if column in ("requests", "done / failed") else "left")
+    for record in records:
+        counts = record.counts or {}
+        done = f"{counts.get('completed', 0)} / {counts.get('failed', 0)}" if counts else ""
+        name = record.batch_id or f"(local {record.local_id[:12]})"
+        status = record.status or record.state
+        if record.state == "abandoned":
+            status = "never created"
+        table.add_row(name, status, str(record.requests), done, record.to_json()["created"])
+    return table
+
+
+def print_batch_state(console: Console, result, out: Path) -> None:
+    """What became of the batches, and what to do next."""
+    batch = result.batch
+    this = batch.get("this_invocation") or {}
+    if this.get("submitted_requests"):
+        console.print(
+            f"submitted {this['submitted_requests']} request(s) to the Batch API in {this['created']} batch(es)"
+        )
+    if this.get("replies"):
+        console.print(
+            f"collected {this['replies']} repl(ies) from {this['collected_batches']} batch(es), "
+            f"{_money(this.get('cost_usd'))} at the Batch API price"
+        )
+    for note in this.get("notes") or ():
+        console.print(f"note: {note}")
+    if batch["in_progress"]:
+        console.print(
+            f"{batch['in_progress']} batch(es) in progress ({batch['requests_in_progress']} requests); results "
+            f"come within 24 h: rerun this command, or `melt annotate {out}`, to collect them (add --wait to "
+            f"wait), or `melt annotate {out} --cancel-batch` to cancel"
+        )
+
+
 def _money(value: float | None) -> str:
     return "unknown (no price for this model)" if value is None else f"${value:.4f}"
 
 
 def estimate_table(estimate) -> Table:
-    table = Table(title=f"dry run: {estimate.model} (nothing sent)", show_header=False)
+    how = " through the Batch API" if estimate.batch else ""
+    table = Table(title=f"dry run: {estimate.model}{how} (nothing sent)", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
     table.add_row("utterances", str(estimate.utterances))
     table.add_row("requests (without re-asks)", str(estimate.requests))
     table.add_row("already in the store", str(estimate.cached))
+    if estimate.in_batches:
+        table.add_row("inside batches in progress (not sent again)", str(estimate.in_batches))
     table.add_row("prompt tokens (estimate)", f"{estimate.prompt_tokens:,}")
     table.add_row("completion tokens (estimate)", f"{estimate.completion_tokens:,}")
-    table.add_row("cost (estimate)", _money(estimate.cost_usd))
+    table.add_row(
+        "cost (estimate)" + (", Batch API price" if estimate.batch else ""), _money(estimate.cost_usd)
+    )
     table.add_row("cost if every reply hits max_tokens", _money(estimate.cost_usd_max))
     return table
 
@@ -193,10 +327,15 @@ def summary_table(result) -> Table:
     table.add_row(
         "tokens this run (prompt / completion)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}"
     )
-    table.add_row("cost this run", _money(stats.cost_usd))
+    if stats.deferred:
+        table.add_row("  left to batches (pending)", str(stats.deferred))
+    table.add_row("cost this run" + (" (live requests)" if result.batch else ""), _money(stats.cost_usd))
+    this = (result.batch or {}).get("this_invocation") or {}
+    if this.get("replies"):
+        table.add_row("cost of the batch replies collected", _money(this.get("cost_usd")))
     table.add_row("cost of the whole run folder", _money(result.totals["cost_usd"]))
     table.add_row("elapsed", f"{stats.elapsed_s:.1f} s")
     return table
 
 
-__all__ = ["annotate_command", "estimate_table", "summary_table"]
+__all__ = ["annotate_command", "batches_table", "estimate_table", "summary_table"]

@@ -73,6 +73,24 @@ class AnnotateConfig(BaseModel):
     )
     limit: int | None = Field(None, ge=1, description="annotate only the first N utterances")
 
+    # Through OpenAI's Batch API (docs/annotate.md, "Batch API"): how the requests travel, not what they are,
+    # so none of these is part of a run folder's identity.
+    batch: bool = Field(
+        False, description="send requests through OpenAI's Batch API: half price, within 24 h"
+    )
+    batch_wait: bool = Field(False, description="wait for the batches and finish in this invocation")
+    batch_repair: Literal["batch", "live"] = Field(
+        "batch", description="re-asks of invalid batch answers: in the next batch, or live at once"
+    )
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (OpenAI's limit)")
+    batch_max_bytes: int = Field(
+        200_000_000, ge=1, description="bytes per batch file (OpenAI's limit: 200 MB)"
+    )
+    batch_poll: float = Field(
+        10.0, gt=0, description="seconds before the first check of batches in progress with --wait"
+    )
+    batch_poll_max: float = Field(300.0, gt=0, description="longest wait between two checks, in seconds")
+
     @field_validator("labels", mode="before")
     @classmethod
     def _labels_as_a_list(cls, value: Any) -> Any:
@@ -82,19 +100,23 @@ class AnnotateConfig(BaseModel):
         return value
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> AnnotateConfig:
-        """The YAML file's settings (or the defaults), with `overrides` that are not None on top."""
-        data: dict[str, Any] = {}
+    def load(
+        cls, path: str | Path | None = None, *, recorded: dict[str, Any] | None = None, **overrides: Any
+    ) -> AnnotateConfig:
+        """The YAML file's settings (or the defaults), with `overrides` that are not None on top; `recorded`
+        (the settings a run folder's run.json recorded) under both."""
+        data: dict[str, Any] = dict(recorded or {})
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise MeltError("config file not found", file=path)
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
                 raise MeltError(f"not valid YAML ({exc})", file=path) from exc
-            if not isinstance(data, dict):
+            if not isinstance(loaded, dict):
                 raise MeltError("expected a mapping of settings", file=path)
+            data.update(loaded)
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(data)

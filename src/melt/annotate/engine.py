@@ -10,6 +10,9 @@ too much (a 429, a timeout), grown back on successes, never above --concurrency 
 can serve at once). A 429 delays only the request that got it, by the server's Retry-After. When the server
 reports its rate limits (`x-ratelimit-*`), `Pacer` spaces requests at the rate it refills them.
 
+Elsewhere: a `Dispatcher` (the Batch API, `melt.annotate.batch`) may take requests the store lacks instead of
+the backend; their samples stay pending until a later invocation finds the replies in the store.
+
 Stopping: `stop()` sends nothing more; requests in flight get a grace period to finish and be stored (a paid
 reply is worth waiting for), then are cancelled. A failed store write, a fatal backend error, a signal, the
 budget, or a server asking to wait longer than --backoff-max all stop the run this way.
@@ -27,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from melt.annotate.config import RESPONSE_FORMATS, AnnotateConfig
 from melt.annotate.store import RequestStore, StoredReply, StoreWriteError, request_key
@@ -99,6 +102,8 @@ class RunStats:
     completed: int = 0
     failed: int = 0
     repairs: int = 0
+    #: requests left to a `Dispatcher` (taken into a batch, or already in one): their samples are pending
+    deferred: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     format_fallbacks: list[str] = field(default_factory=list)
     probes: int = 0
@@ -176,8 +181,39 @@ def implausible_usage(request: ChatRequest, reply: ChatReply) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """A request the store has no reply to, about to be sent."""
+
+    utterance: Utterance
+    sample: int
+    #: 0 the answer, 1 the re-ask
+    turn: int
+    request: ChatRequest
+    key: str
+    request_json: str
+
+
+class Dispatcher(Protocol):
+    """Decides where a request the store lacks goes (`Annotator(dispatch=...)`)."""
+
+    #: what a request it takes costs (for --max-cost); None when unknown
+    price: Price | None
+
+    def route(self, outgoing: Outgoing) -> Literal["send", "take", "hold"]:
+        """ "send": to the backend now; "take": `take` it (its sample stays pending); "hold": it is already on
+        its way elsewhere (pending, nothing sent). Raises `RequestFailed` for a request that failed there."""
+        ...
+
+    def take(self, outgoing: Outgoing) -> None: ...
+
+
 class _Stopped(Exception):
     """The run is stopping: send nothing more."""
+
+
+class _Deferred(_Stopped):
+    """The request went elsewhere (a `Dispatcher`): its sample stays pending, the run goes on."""
 
 
 class _OutOfBudget(_Stopped):
@@ -345,6 +381,7 @@ class Annotator:
         store: RequestStore,
         price: Price | None,
         on_job_done: Callable[[RunStats], None] | None = None,
+        dispatch: Dispatcher | None = None,
     ):
         self.config = config
         self.prompt = prompt
@@ -352,6 +389,7 @@ class Annotator:
         self.store = store
         self.price = price
         self.on_job_done = on_job_done
+        self.dispatch = dispatch
         self.stats = RunStats()
         self.identity = backend_identity(backend)
         self._profile_key = "server:" + json.dumps(self.identity, sort_keys=True)
@@ -368,6 +406,8 @@ class Annotator:
         self._reservations = 0
         #: whether a request to an utterance has come back (its usage tells the tokens per character)
         self._answered = False
+        # The worst case of the requests taken by the dispatcher: spent as far as the budget is concerned.
+        self._committed = 0.0
         # Set whenever a request gives back its reservation, so requests waiting for budget look again.
         self._budget_freed = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -530,10 +570,29 @@ class Annotator:
             await self._know_server()
             if self.format_level != level:
                 continue  # the probe chose a weaker format: this request is a different one
+            if self.dispatch is not None:
+                await self._dispatch(Outgoing(utterance, sample, turn, request, key, request_json))
             try:
                 return await self._send(utterance, sample, turn, request, key, request_json, outcome)
             except ResponseFormatRejected as exc:
                 self._fall_back(level, exc)
+
+    async def _dispatch(self, outgoing: Outgoing) -> None:
+        """Returns when the request is to be sent here; raises `_Deferred` when it went elsewhere."""
+        assert self.dispatch is not None
+        try:
+            route = self.dispatch.route(outgoing)
+        except RequestFailed as exc:
+            self.stats.failed += 1
+            raise _GaveUp(exc.reason) from exc
+        if route == "send":
+            return
+        if route == "take":
+            reservation = await self._reserve(outgoing.request, self.dispatch.price)
+            self._release(reservation, price=self.dispatch.price, spent=True)
+            self.dispatch.take(outgoing)
+        self.stats.deferred += 1
+        raise _Deferred
 
     def _fall_back(self, level: str, exc: ResponseFormatRejected) -> None:
         if self.format_level != level:
@@ -745,15 +804,17 @@ class Annotator:
         outcome.completion_tokens += completion_tokens
         outcome.cost_usd = None if cost is None or outcome.cost_usd is None else outcome.cost_usd + cost
 
-    async def _reserve(self, request: ChatRequest) -> float:
-        """Hold back the most this request can cost. While requests in flight hold reservations that might free
-        room, wait for them; stop the run only when the request cannot fit even with nothing in flight."""
-        if self.config.max_cost is None or self.price is None:
+    async def _reserve(self, request: ChatRequest, price: Price | None = None) -> float:
+        """Hold back the most this request can cost (at `price`, by default the backend's). While requests in
+        flight hold reservations that might free room, wait for them; stop the run only when the request cannot
+        fit even with nothing in flight."""
+        price = price or self.price
+        if self.config.max_cost is None or price is None:
             return 0.0
         chars = sum(len(m.get("content", "")) for m in request.messages)
         while True:
             # Estimated again after each wait: the replies meanwhile may have shown the text to be denser.
-            worst = self.price.cost(math.ceil(chars * self._tokens_per_char) + 16, request.max_tokens or 0)
+            worst = price.cost(math.ceil(chars * self._tokens_per_char) + 16, request.max_tokens or 0)
             if self.stats.stopped_by_budget:
                 raise _OutOfBudget
             if self.stopping:
@@ -762,7 +823,8 @@ class Annotator:
             # character, ten times English), one request at a time: a first wave reserved at a guess could
             # spend several times the budget.
             first = self._answered or not self._reservations
-            if first and (self.stats.cost_usd or 0.0) + self._reserved + worst <= self.config.max_cost:
+            spent = (self.stats.cost_usd or 0.0) + self._committed
+            if first and spent + self._reserved + worst <= self.config.max_cost:
                 self._reserved += worst
                 self._reservations += 1
                 return worst
@@ -772,12 +834,15 @@ class Annotator:
             self._budget_freed.clear()
             await self._budget_freed.wait()
 
-    def _release(self, reservation: float) -> None:
-        """Give back a request's reservation; requests waiting for budget look again."""
-        if self.config.max_cost is not None and self.price is not None:  # `_reserve` counted it
+    def _release(self, reservation: float, *, price: Price | None = None, spent: bool = False) -> None:
+        """Give back a request's reservation (reserved at `price`), or with `spent` count it as spent (a request
+        the dispatcher took); requests waiting for budget look again."""
+        if self.config.max_cost is not None and (price or self.price) is not None:  # `_reserve` counted it
             self._reservations -= 1
             # Counted, not judged by the float sum, which subtraction may leave a hair above zero.
             self._reserved = self._reserved - reservation if self._reservations else 0.0
+            if spent:
+                self._committed += reservation
         self._budget_freed.set()
 
     async def _pace(self) -> None:
@@ -794,6 +859,14 @@ class Annotator:
                 raise _Stopped
             if not relaxed.done() or relaxed.cancelled():
                 return  # waited its whole delay
+
+    async def pause(self, seconds: float) -> bool:
+        """Wait `seconds` between runs (batches in progress); False, at once, when the run stops meanwhile."""
+        try:
+            await self._sleep(seconds)
+        except _Stopped:
+            return False
+        return not self.stopping
 
     async def _sleep(self, delay: float) -> None:
         """Sleep, unless the run stops meanwhile (then `_Stopped`)."""

@@ -9,6 +9,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +21,23 @@ from typing import Any
 import pandas as pd
 
 from melt import __version__
+from melt.annotate.batch import (
+    BatchRecord,
+    BatchReport,
+    BatchSession,
+    annotate_in_batches,
+    batch_records,
+    batch_summary,
+    live_request_keys,
+    require_openai,
+)
 from melt.annotate.config import RESPONSE_FORMATS, AnnotateConfig
 from melt.annotate.engine import (
     ANSWER_FIELDS,
     CHARS_PER_TOKEN,
     Annotator,
     RunStats,
+    SampleOutcome,
     Utterance,
     aggregate,
     backend_identity,
@@ -33,6 +45,7 @@ from melt.annotate.engine import (
     stored_key,
 )
 from melt.annotate.folder import (
+    IDENTITY_META,
     RunLock,
     check_folder,
     claim_folder,
@@ -44,6 +57,7 @@ from melt.corpus.schema import conform, read_any, require_columns
 from melt.errors import MeltError
 from melt.llm import choose_backend, make_backend
 from melt.llm.base import Backend
+from melt.llm.openai import OpenAIBackend
 from melt.llm.pricing import Price, price_of
 from melt.outputs import check_output_file, check_output_folder, write_together
 from melt.prompts import PromptConfig, build_messages, response_format
@@ -90,6 +104,8 @@ class RunResult:
     model: str
     #: what decides the folder's replies (see `melt.annotate.folder`)
     identity: dict[str, Any] | None = None
+    #: the folder's batches and what this invocation did with them (run.json's "batch"); None without any
+    batch: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
@@ -117,6 +133,10 @@ class CostEstimate:
     cost_usd: float | None
     cost_usd_max: float | None
     model: str
+    #: requests already inside batches in progress (sent by neither a batch nor live)
+    in_batches: int = 0
+    #: priced at the Batch API's price
+    batch: bool = False
 
 
 def prompt_config(config: AnnotateConfig) -> PromptConfig:
@@ -161,14 +181,28 @@ def prepare(
     ]
 
 
-def _price(config: AnnotateConfig, model: str, *, free: bool) -> Price | None:
-    price = Price(input=0, output=0) if free else price_of(model, config.prices)
+def _price(config: AnnotateConfig, model: str, *, free: bool, batch: bool = False) -> Price | None:
+    price = Price(input=0, output=0) if free else price_of(model, config.prices, batch=batch)
     if config.max_cost is not None and price is None:
+        if batch:
+            raise MeltError(
+                f"--max-cost with --batch needs the Batch API price of model {model!r}, which is not in the price "
+                f"table; add it to the config file as prices: {{{model}: {{input: USD_PER_M, output: USD_PER_M, "
+                "batch_input: USD_PER_M, batch_output: USD_PER_M}}"
+            )
         raise MeltError(
             f"--max-cost needs the price of model {model!r}, which is not in the price table; "
             f"add it to the config file as prices: {{{model}: {{input: USD_PER_M, output: USD_PER_M}}}}"
         )
     return price
+
+
+def _check_batch_backend(config: AnnotateConfig) -> None:
+    if config.batch and choose_backend(config).kind != "openai":
+        raise MeltError(
+            "--batch needs an OpenAI-compatible server with the Batch API: an API key in "
+            f"${config.api_key_env} (OpenAI), or --base-url; a local model has no Batch API"
+        )
 
 
 def run_annotation(
@@ -188,8 +222,13 @@ def run_annotation(
     One process at a time works in a folder, and a folder belongs to one configuration (server, model, prompt,
     request settings): another one is refused with a `MeltError` naming what differs, unless `force_reuse`.
     Run from the main thread, SIGINT and SIGTERM stop the run cleanly: what is in flight is stored, the tables
-    and run.json are written, and `RunInterrupted` is raised."""
+    and run.json are written, and `RunInterrupted` is raised.
+
+    With `config.batch`, the requests go through OpenAI's Batch API (`melt.annotate.batch`): the run submits
+    them and returns with their utterances pending, unless `config.batch_wait`; the next run collects them.
+    Any run on a folder with batches in progress collects those that ended and sends none of their requests."""
     prompt = prompt_config(config)
+    _check_batch_backend(config)
     out_dir = check_output_folder(out_dir, option="--out")
     for name in OUTPUT_FILES:
         check_output_file(out_dir / name, option="--out", suffixes=(Path(name).suffix,))
@@ -232,18 +271,43 @@ async def _run(
 ) -> RunResult:
     store = RequestStore(out_dir / STORE_NAME)
     started = datetime.now(UTC)
+    clock = time.perf_counter()
     try:
         price = _price(config, backend.model, free=backend.name == "local")
         identity = folder_identity(config, prompt, backend_identity(backend))
+        records = batch_records(store)
+        if force_reuse and any(r.live for r in records) and check_folder(store, identity, force=True):
+            raise MeltError(
+                "this run folder has batches in progress for its own configuration: collect them with that "
+                "configuration, or cancel them (melt annotate RUN_DIR --cancel-batch), before reusing it",
+                file=out_dir,
+            )
         replaced = claim_folder(store, identity, force=force_reuse)
         annotator = Annotator(config, prompt, backend, store, price)
+        session = None
+        if config.batch or any(r.live for r in records):
+            batch_price = (
+                _price(config, backend.model, free=False, batch=True)
+                if config.batch
+                else price_of(backend.model, config.prices, batch=True)
+            )
+            session = BatchSession(
+                store, require_openai(backend), config, out_dir, identity, batch_price, progress=progress
+            )
         # The handlers stay until the outputs are written: a signal then changes nothing, rather than stopping
         # the process between the renames of two tables.
         with _signals_stop(annotator) as signals:
-            if progress:
-                outcomes = await _with_progress(annotator, utterances, config)
+
+            async def annotate() -> dict[str, list[SampleOutcome]]:
+                if progress:
+                    return await _with_progress(annotator, utterances, config)
+                return await annotator.run(utterances)
+
+            if session is None:
+                outcomes = await annotate()
             else:
-                outcomes = await annotator.run(utterances)
+                outcomes = await annotate_in_batches(session, annotator, annotate)
+            annotator.stats.elapsed_s = time.perf_counter() - clock
             # The last replies are committed before the tables show them: a commit that fails now (a full disk)
             # stops the run like any other failed write, instead of leaving paid replies out of the store.
             store.commit()
@@ -263,6 +327,7 @@ async def _run(
                 backend=backend.name,
                 model=backend.model,
                 identity=identity,
+                batch=batch_summary(store, config, session.report if session else None),
             )
             _write_outputs(result, config, prompt, corpus_path, started, replaced)
             await signals.deliver_pending()
@@ -395,6 +460,8 @@ def _write_outputs(
         "this_invocation": result.stats.to_json(),
         "totals": result.totals,
     }
+    if result.batch is not None:
+        payload["batch"] = result.batch
     if replaced_identity is not None:
         payload["reused_folder_of"] = replaced_identity
     text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
@@ -406,6 +473,49 @@ def _write_outputs(
             result.out_dir / "run.json": lambda tmp: tmp.write_text(text, encoding="utf-8"),
         }
     )
+
+
+def cancel_batches(
+    out_dir: str | Path, config: AnnotateConfig, *, wait: bool = False, progress: bool = False
+) -> tuple[BatchReport, list[BatchRecord]]:
+    """Cancel the batches in progress of the run folder `out_dir` (what `config` names must be the server the
+    folder's batches went to). A batch whose creation a killed process never recorded is looked for at the
+    server first; one that was never created is given up. With `wait`, wait until they have ended and store the
+    replies they completed before the cancellation (billed); otherwise the next run collects them. Returns this
+    invocation's report and the folder's batches."""
+    out_dir = Path(out_dir)
+    if not (out_dir / STORE_NAME).is_file():
+        raise MeltError("not a run folder (it has no request store)", file=out_dir)
+    if choose_backend(config).kind != "openai":
+        raise MeltError(
+            f"cancelling batches needs the server they went to: its API key in ${config.api_key_env} (OpenAI), "
+            "or --base-url"
+        )
+
+    async def cancel(backend: OpenAIBackend, store: RequestStore) -> tuple[BatchReport, list[BatchRecord]]:
+        try:
+            recorded = store.meta_json(IDENTITY_META)
+            if isinstance(recorded, dict) and recorded.get("backend") != backend.identity():
+                raise MeltError(
+                    "this run folder's batches went to "
+                    f"{json.dumps(recorded.get('backend'))}, not {json.dumps(backend.identity())}: give the "
+                    "--base-url and --model of the run",
+                    file=out_dir,
+                )
+            price = price_of(backend.model, config.prices, batch=True)
+            session = BatchSession(store, backend, config, out_dir, recorded or {}, price, progress=progress)
+            await session.cancel(wait=wait)
+            return session.report, session.records()
+        finally:
+            await backend.aclose()
+
+    with RunLock(out_dir):
+        store = RequestStore(out_dir / STORE_NAME)
+        try:
+            backend = require_openai(make_backend(config))
+            return _run_to_completion(cancel(backend, store))
+        finally:
+            store.close()
 
 
 def estimate_run(
@@ -421,8 +531,11 @@ def estimate_run(
     tokens are estimated from characters; completion tokens from the store's replies if it has any, else a
     typical answer length (`completion_tokens_max` assumes every reply uses max_tokens). Re-asks are not
     included: they depend on the replies. A folder of another configuration is refused as the run would refuse
-    it (unless `force_reuse`), so the estimate is never that of a run that cannot happen."""
+    it (unless `force_reuse`), so the estimate is never that of a run that cannot happen. Requests inside
+    batches in progress are not counted (they are not sent again); with `config.batch` the cost is at the
+    Batch API's price."""
     prompt = prompt_config(config)
+    _check_batch_backend(config)
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
@@ -435,33 +548,37 @@ def estimate_run(
         identity = choice.identity() if store is not None else None
         if store is not None and identity is not None:
             check_folder(store, folder_identity(config, prompt, identity), force=force_reuse)
+        in_batches = live_request_keys(store) if store is not None else set()
         typical = store.mean_completion_tokens() if store else None
         if typical is None:
             typical = TYPICAL_COMPLETION_TOKENS[prompt.free_text_reply]
         # A request counts as done if the store has it at any answer format: the run may have fallen back.
         schema_format = response_format(prompt)
-        requests = cached = prompt_tokens = 0
+        requests = cached = held = prompt_tokens = 0
         for utterance in utterances:
             chars = sum(len(m["content"]) for m in utterance.messages)
             for sample in range(config.samples):
                 requests += 1
-                keys = (
+                keys = [
                     stored_key(
                         model, chat_request(config, schema_format, utterance.messages, sample, level), sample
                     )[0]
                     for level in RESPONSE_FORMATS
-                )
+                ]
                 if store is not None and any(store.has(key) for key in keys):
                     cached += 1
+                    continue
+                if any(key in in_batches for key in keys):
+                    held += 1
                     continue
                 prompt_tokens += math.ceil(chars / CHARS_PER_TOKEN) + 4 * len(utterance.messages)
     finally:
         if store is not None:
             store.close()
-    to_send = requests - cached
+    to_send = requests - cached - held
     completion = round(typical * to_send)
     completion_max = config.max_tokens * to_send
-    price = Price(input=0, output=0) if choice.free else price_of(model, config.prices)
+    price = Price(input=0, output=0) if choice.free else price_of(model, config.prices, batch=config.batch)
     return CostEstimate(
         utterances=len(utterances),
         requests=requests,
@@ -472,6 +589,8 @@ def estimate_run(
         cost_usd=price.cost(prompt_tokens, completion) if price else None,
         cost_usd_max=price.cost(prompt_tokens, completion_max) if price else None,
         model=model,
+        in_batches=held,
+        batch=config.batch,
     )
 
 
@@ -481,6 +600,7 @@ __all__ = [
     "CostEstimate",
     "RunInterrupted",
     "RunResult",
+    "cancel_batches",
     "estimate_run",
     "load_corpus",
     "run_annotation",

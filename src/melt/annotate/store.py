@@ -7,6 +7,9 @@ durable against the process being killed (only an OS crash or power loss can los
 rerun finds every reply it already paid for, and a `kill -9` loses only the requests in flight and the
 replies of the last few milliseconds.
 
+Requests sent through OpenAI's Batch API are recorded in `batches` and `batch_requests` before each step that
+depends on them (see `melt.annotate.batch`); their replies go into `requests` like any other.
+
 A write or commit that fails (a full disk, a folder made read-only) is never lost in a timer callback: the
 store keeps the error as `failure`, calls `on_failure` (the engine stops sending at once), and every later
 write raises it. A stored reply that no longer parses is marked failed and reported missing, so it is asked
@@ -21,10 +24,12 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from melt.errors import MeltError
 from melt.llm.openai import MalformedReply, parse_completion
@@ -51,6 +56,34 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_by_utterance ON requests (utterance_id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    local_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    status TEXT,
+    input_file_id TEXT,
+    batch_id TEXT,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    requests INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    counts TEXT,
+    errors TEXT,
+    create_attempts INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_requests (
+    local_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    utterance_id TEXT NOT NULL,
+    sample INTEGER NOT NULL,
+    turn INTEGER NOT NULL,
+    request TEXT,
+    state TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (local_id, key)
+);
+CREATE INDEX IF NOT EXISTS batch_requests_by_key ON batch_requests (key);
 """
 
 
@@ -88,6 +121,7 @@ class RequestStore:
         except sqlite3.Error as exc:
             raise MeltError(f"not a usable request store ({exc})", file=self.path) from exc
         self._commit_timer: asyncio.TimerHandle | None = None
+        self._holding = False
         #: the first failed write, after which the store takes no more
         self.failure: StoreWriteError | None = None
         #: called once, with the error, when a write or commit fails
@@ -103,7 +137,7 @@ class RequestStore:
         if row is None:
             return None
         try:
-            reply = json.loads(row[0])
+            reply = _loads(row[0])
             if isinstance(reply, dict) and "choices" in reply:  # a chat completion as the server sent it
                 content, finish_reason, logprobs = parse_completion(reply)
             elif isinstance(reply, dict) and isinstance(reply.get("content"), str):
@@ -131,8 +165,50 @@ class RequestStore:
         )
 
     def has_replies(self) -> bool:
-        """Whether any reply was ever stored here (a folder with none has nothing to protect)."""
-        return self._db.execute("SELECT 1 FROM requests WHERE status = 'done' LIMIT 1").fetchone() is not None
+        """Whether any reply was ever stored here, or any batch sent from here (a folder with neither has
+        nothing to protect)."""
+        query = (
+            "SELECT 1 FROM requests WHERE status = 'done' "
+            "UNION ALL SELECT 1 FROM batches WHERE state != 'abandoned' LIMIT 1"
+        )
+        return self._db.execute(query).fetchone() is not None
+
+    def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, parameters).fetchall()
+
+    def write(self, sql: str, parameters: tuple[Any, ...] = ()) -> None:
+        """One write, committed like a reply (or when the `atomic` block it is in ends)."""
+        self._write(sql, parameters)
+
+    def write_now(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run `statements` and commit them before returning: for records a later step relies on (a batch's
+        ids, recorded before the next call to the server)."""
+        with self.atomic():
+            for sql, parameters in statements:
+                self._write(sql, parameters)
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """The writes of the block are committed together, at once, when it ends; none of them if it raises
+        (writes made before the block are committed first)."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+        self.commit()
+        if self.failure is not None:
+            raise self.failure
+        self._holding = True
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._holding = False
+        self.commit()
+        if self.failure is not None:
+            raise self.failure
 
     def has(self, key: str) -> bool:
         query = "SELECT 1 FROM requests WHERE key = ? AND status = 'done'"
@@ -193,6 +269,8 @@ class RequestStore:
             self._db.execute(sql, parameters)
         except sqlite3.Error as exc:
             raise self._fail(exc) from exc
+        if self._holding:
+            return  # committed when the `atomic` block ends
         if self._commit_timer is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -281,6 +359,15 @@ class RequestStore:
         self.commit()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+
+
+def _loads(text: str) -> Any:
+    """orjson reads a stored reply with logprobs several times faster than json (a rerun reads them all); json
+    takes what orjson refuses (NaN, -Infinity)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def compact_logprobs(logprobs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

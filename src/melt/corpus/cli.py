@@ -149,8 +149,9 @@ def iemocap_command(
         "4", "--classes", help="4: neu, hap+exc (joy), sad, ang (the field's 5,531); all: every label."
     ),
 ) -> None:
-    """IEMOCAP: labels, per-rater votes (1/n each for a rater listing n labels), V/A/D, transcripts, audio;
-    speaker = session + gender; fold = session (leave one session out)."""
+    """IEMOCAP: labels, the evaluators' votes (1/n each for a rater listing n labels; the actors'
+    self-evaluations apart in self_votes), V/A/D, transcripts, audio; speaker = session + gender; fold = session
+    (leave one session out)."""
     from melt.corpus.emotion_corpora import load_iemocap
 
     check_output_file(out)

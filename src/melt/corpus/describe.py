@@ -21,6 +21,7 @@ HISTOGRAM_BINS = 20
 
 def describe_table(table: pd.DataFrame, *, source: str | Path = "<table>") -> dict:
     duration = table["duration"].astype("Float64").dropna().astype(float)
+    folds = _fold_parts(table)
     description: dict = {
         "utterances": len(table),
         "speakers": int(table["speaker"].nunique()),
@@ -35,9 +36,10 @@ def describe_table(table: pd.DataFrame, *, source: str | Path = "<table>") -> di
             {str(v) for v in table["label"].dropna().unique() if str(v) not in MELT_LABELS}
         ),
         "labels_per_split": _per_part(table, "split"),
-        "labels_per_fold": _per_part(table, "fold"),
+        "labels_per_fold": _per_part(table.assign(fold=folds), "fold"),
         "speakers_per_fold": {
-            str(fold): int(n) for fold, n in table.groupby("fold")["speaker"].nunique().items()
+            str(fold): int(n)
+            for fold, n in table.assign(fold=folds).groupby("fold")["speaker"].nunique().items()
         },
         "votes": _votes_summary(votes_of(table, source=source)),
         "audio": {
@@ -48,6 +50,22 @@ def describe_table(table: pd.DataFrame, *, source: str | Path = "<table>") -> di
         },
     }
     return description
+
+
+def _fold_parts(table: pd.DataFrame) -> pd.Series:
+    """The fold of each row; in a table of several corpora, qualified by the corpus ("tess 1"): each corpus
+    numbers its own folds, so fold 1 of one corpus has nothing to do with fold 1 of another."""
+    corpora = table["corpus"].dropna().unique()
+    if len(corpora) < 2:
+        return table["fold"]
+    return pd.Series(
+        [
+            pd.NA if pd.isna(fold) else f"{corpus} {fold}" if pd.notna(corpus) else str(fold)
+            for corpus, fold in zip(table["corpus"], table["fold"], strict=True)
+        ],
+        index=table.index,
+        dtype="string",
+    )
 
 
 def _counts(values: pd.Series) -> dict[str, int]:
@@ -111,6 +129,7 @@ def _figures(table: pd.DataFrame, description: dict, out_dir: Path) -> list[Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
 
@@ -140,13 +159,17 @@ def _figures(table: pd.DataFrame, description: dict, out_dir: Path) -> list[Path
         counts.sort_index().plot.bar(ax=axis, width=0.8)
         axis.legend(title=part or "", fontsize=8)
     axis.set_ylabel("utterances")
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_title(f"labels per {part}" if part else "labels")
     save(figure, "labels.png")
 
     per_utterance = description["votes"]["raters_per_utterance"]
     if per_utterance:
         figure, axis = plt.subplots(figsize=(6, 3.4))
-        axis.bar([int(k) for k in per_utterance], list(per_utterance.values()), color="#228833")
+        raters = [int(k) for k in per_utterance]
+        axis.bar(raters, list(per_utterance.values()), color="#228833")
+        axis.set_xticks(raters)
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("raters per utterance")
         axis.set_ylabel("utterances")
         axis.set_title(f"votes: {description['votes']['utterances_with_votes']} utterances")

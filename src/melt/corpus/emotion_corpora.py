@@ -190,6 +190,8 @@ def _finish(
 
 _EVAL_LINE = re.compile(r"^\[\s*([^\s\]-]+)\s*-\s*([^\s\]]+)\s*\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
 _RATER_LINE = re.compile(r"^C-([^:\s]+)\s*:(.*)$")
+#: Rater ids of the session's actors (`C-F1:`, `C-M1:`): their self-evaluations, not evaluators' perceptions.
+_IEMOCAP_ACTOR = re.compile(r"^[FM]\d+$")
 _TRANSCRIPT_LINE = re.compile(r"^(\S+)\s+\[[^\]]*\]\s*:\s?(.*)$")
 _IEMOCAP_ID = re.compile(r"^Ses(\d+)[FM]_.*_([FM])\d+$")
 
@@ -203,6 +205,8 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
     `SessionN/dialog/transcriptions/<dialog>.txt` and audio `SessionN/sentences/wav/<dialog>/<utt>.wav`.
     `classes="4"` keeps neu, hap+exc (as joy), sad, ang; `"all"` keeps every label, off-set ones included.
     Speaker is session + the speaking actor's gender (`Ses01F_impro01_M003` -> Ses01M); fold = session.
+    `votes` holds the evaluators' lines (`C-E1:`...); the actors' self-evaluations (`C-F1:`, `C-M1:`) go to
+    `self_votes`, since the release's label and [V, A, D] means are the evaluators' alone.
     """
     if classes not in IEMOCAP_CLASSES:
         raise MeltError(f"--classes takes 4 or all, got {classes!r}")
@@ -244,6 +248,10 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
                 continue
             text = texts.get(utt)
             untranscribed += text is None
+            # The release's own aggregates (the label, the [V, A, D] means) come from the evaluators alone; an
+            # actor rating their own turn is a different judgement, kept apart in `self_votes`.
+            evaluators = {r: v for r, v in utterance["raters"].items() if not _IEMOCAP_ACTOR.match(r)}
+            actors = {r: v for r, v in utterance["raters"].items() if _IEMOCAP_ACTOR.match(r)}
             session, gender = utterance["session"], utterance["gender"]
             rows.append(
                 {
@@ -258,7 +266,8 @@ def load_iemocap(root: str | Path, *, classes: str = "4", progress: bool = False
                     "text": text,
                     "label": label,
                     "label_original": original,
-                    "votes": votes_json(rater_votes(utterance["raters"])),
+                    "votes": votes_json(rater_votes(evaluators)),
+                    "self_votes": votes_json(rater_votes(actors)),
                     "valence": utterance["vad"][0],
                     "arousal": utterance["vad"][1],
                     "dominance": utterance["vad"][2],
@@ -342,42 +351,53 @@ def _iemocap_transcript(path: Path) -> dict[str, str]:
 
 # --- TESS --------------------------------------------------------------------------------------------------------
 
-_TESS_NAME = re.compile(r"^(OAF|YAF)_(.+)_([A-Za-z]+)$", re.IGNORECASE)
+_TESS_NAME = re.compile(r"^(OAF?|YAF?)_(.+)_([A-Za-z]+)$", re.IGNORECASE)
 
 
 def load_tess(root: str | Path, *, progress: bool = False) -> pd.DataFrame:
     """TESS: files named `<OAF|YAF>_<word>_<emotion>.wav` in any sub-folder (`ps` is pleasant surprise).
 
-    Both speakers are women; the text is the carrier phrase "Say the word <word>". Folds: one per speaker."""
+    Both speakers are women; the text is the carrier phrase "Say the word <word>". Folds: one per speaker.
+    Names are read in any case and ids are written in one (`tess/YAF_dog_angry` for `yaf_dog_Angry.wav`), so
+    copies that differ only in case count once; the release's one misnamed file, `OAF_neutral/OA_bite_neutral.wav`,
+    is read as OAF's (a prefix `OA`/`YA` is taken for `OAF`/`YAF`, and said in a note)."""
     root = _check_root(root, "TESS")
     notes: list[str] = []
     by_name: dict[str, list[Path]] = {}
-    unmatched = []
-    labels: dict[str, tuple[str, str]] = {}
+    unmatched, misnamed = [], []
+    found: dict[str, tuple[str, str, str, str]] = {}  # id name -> (speaker, word, original, label)
     for path in _audio_files(root):
         match = _TESS_NAME.match(path.stem)
         mapped = corpus_label("tess", match.group(3)) if match else None
         if mapped is None:
             unmatched.append(path)
             continue
-        by_name.setdefault(path.stem, []).append(path)
-        labels[path.stem] = mapped
+        speaker = match.group(1).upper()
+        if len(speaker) == 2:
+            speaker += "F"
+            misnamed.append(path)
+        word = match.group(2).lower()
+        name = f"{speaker}_{word}_{mapped[0]}"
+        by_name.setdefault(name, []).append(path)
+        found[name] = (speaker, word, *mapped)
     expected = "OAF_back_angry.wav (OAF|YAF, a word, angry|disgust|fear|happy|neutral|ps|sad)"
     if not by_name:
         raise _nothing_found(
             root, f"no TESS files: expected .wav files named like {expected} in any sub-folder"
         )
     _unmatched_note(unmatched, root, expected, notes)
+    if misnamed:
+        shown = ", ".join(_shown(p, root) for p in misnamed[:3]) + (", ..." if len(misnamed) > 3 else "")
+        notes.append(f"{len(misnamed)} file(s) named OA_/YA_ read as OAF/YAF's: {shown}")
     rows = []
     for name, path in _one_file_per_name(by_name, root, notes).items():
-        match = _TESS_NAME.match(name)
-        original, label = labels[name]
+        speaker, word, original, label = found[name]
         rows.append(
             {
                 "id": f"tess/{name}",
-                "speaker": match.group(1).upper(),
+                "speaker": speaker,
                 "gender": "F",
-                "text": f"Say the word {match.group(2)}",
+                "text": f"Say the word {word}",
                 "label": label,
                 "label_original": original,
                 "audio": str(path),

@@ -26,6 +26,7 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -127,7 +128,8 @@ def check_base_url(url: str) -> URL:
 
 @dataclass(frozen=True)
 class _Response:
-    """A finished HTTP response: status, headers and the whole (decompressed) body."""
+    """A finished HTTP response: status, headers and the whole (decompressed) body (empty when the body was
+    written to a file)."""
 
     status_code: int
     headers: Mapping[str, str]
@@ -365,6 +367,10 @@ class OpenAIBackend:
             self._raise_for(response)
         raise BackendError(f"{self.base_url} keeps refusing the request's parameters")
 
+    def encoded_body(self, request: ChatRequest) -> bytes:
+        """The bytes `complete` would POST for `request` now (what a Batch API line carries as its body)."""
+        return _dumps(self.body(request))
+
     def _next_schema_form(self, rejected: str) -> bool:
         """Move to the next form of JSON schema this server may take; False when there is none left."""
         if self._schema_form != rejected:
@@ -413,7 +419,56 @@ class OpenAIBackend:
     async def _post(self, content: bytes) -> _Response:
         return await self._request("POST", self._url, content)
 
-    async def _request(self, method: str, url: URL, content: bytes | None = None) -> _Response:
+    async def call(
+        self,
+        method: str,
+        name: str,
+        *,
+        json_body: Any = None,
+        form: aiohttp.FormData | None = None,
+        query: Mapping[str, str] | None = None,
+        into: Path | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+        transfer: bool = False,
+    ) -> _Response:
+        """`method {base_url}/{name}`: the API's other endpoints (files, batches), with the credentials, proxy,
+        body caps and failure classes of chat requests. `into`: the body goes to this file (at most
+        `max_bytes`) instead of memory. `transfer`: a file upload or download, which may take longer than
+        --timeout as a whole; it times out only after --timeout of silence."""
+        url = self._endpoint(name)
+        if query:
+            url = url.update_query(query)
+        headers = dict(self._headers)
+        content: Any = None
+        if form is not None:
+            del headers["Content-Type"]  # aiohttp sets multipart/form-data with its boundary
+            content = form
+        elif json_body is not None:
+            content = _dumps(json_body)
+        if into is not None:
+            headers["Accept-Encoding"] = "identity"  # written as it comes, never inflated on disk
+        timeout = None
+        if transfer:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(self._timeout, 10.0), sock_read=self._timeout
+            )
+        response = await self._request(
+            method, url, content, headers=headers, timeout=timeout, into=into, max_bytes=max_bytes
+        )
+        self._reached = True
+        return response
+
+    async def _request(
+        self,
+        method: str,
+        url: URL,
+        content: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+        into: Path | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> _Response:
         session = self._session_of_this_loop()
         try:
             # No redirects: a POST that a server redirects is a misconfigured --base-url, reported as such.
@@ -421,18 +476,24 @@ class OpenAIBackend:
                 method,
                 url,
                 data=content,
-                headers=self._headers,
+                headers=self._headers if headers is None else headers,
                 proxy=self._proxy,
                 proxy_headers=self._proxy_headers,
-                timeout=self._timeouts,
+                timeout=self._timeouts if timeout is None else timeout,
                 allow_redirects=False,
             ) as response:
+                if into is not None and response.status == 200:
+                    await _write_body(response, into, max_bytes)
+                    return _Response(response.status, response.headers, b"")
                 body = await _read_body(response)
                 return _Response(response.status, response.headers, body)
         except TimeoutError as exc:  # aiohttp's timeouts are also ClientErrors: this test comes first
-            raise RetryableError(
-                f"timeout: no whole reply within {self._timeout:g} s", timed_out=True
-            ) from exc
+            what = (
+                f"nothing received for {self._timeout:g} s"
+                if timeout
+                else f"no whole reply within {self._timeout:g} s"
+            )
+            raise RetryableError(f"timeout: {what}", timed_out=True) from exc
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise BackendError(f"cannot connect to {self.base_url} securely: {_reason(exc)}") from exc
         except aiohttp.InvalidURL as exc:
@@ -643,6 +704,24 @@ async def _read_body(response: aiohttp.ClientResponse) -> bytes:
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise RequestFailed(f"the reply uses Content-Encoding {encoding!r}, which was not asked for")
     return _inflate(body, encoding)
+
+
+async def _write_body(response: aiohttp.ClientResponse, path: Path, max_bytes: int) -> int:
+    """Write the body to `path` as it arrives, refusing more than `max_bytes`; its size."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RequestFailed(f"the reply uses Content-Encoding {encoding!r}, which was not asked for")
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise RequestFailed(f"reply body larger than {max_bytes} bytes ({declared} bytes announced)")
+    size = 0
+    with open(path, "wb") as sink:
+        async for chunk in response.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestFailed(f"reply body larger than {max_bytes} bytes")
+            sink.write(chunk)
+    return size
 
 
 def _inflate(body: bytes, encoding: str) -> bytes:

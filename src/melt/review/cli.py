@@ -63,7 +63,8 @@ def review_export(
         None,
         "--audio-root",
         help="Folder audio URLs are relative to; for Label Studio the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
-        "(default: the audio files' common folder).",
+        "(default: the folder above the audio files' common folder; for Argilla and --audio-prefix, that "
+        "common folder).",
     ),
     audio_prefix: str | None = typer.Option(
         None,
@@ -121,11 +122,24 @@ def review_export(
         _console.print(f"[yellow]{result.missing_audio} exported utterances have no readable audio file[/]")
     if result.audio_root is not None:
         if settings.format == "labelstudio" and settings.prefix().startswith("/data/local-files"):
+            storages = result.label_studio_storages()
             _console.print(
                 "Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
-                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root} and add a Local Files source storage "
-                "for the audio folder (no sync); see docs/review.md"
+                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={result.audio_root}"
+                + (
+                    " and add a Local files source storage (no sync) with the absolute local path "
+                    + " (one storage each), ".join(str(p) for p in storages)
+                    if storages
+                    else ""
+                )
+                + "; see docs/review.md"
             )
+            if not storages:
+                _console.print(
+                    f"[yellow]audio lies directly in --audio-root {result.audio_root}: Label Studio refuses a "
+                    "Local files storage equal to its document root, so it cannot serve these URLs; pass the "
+                    "folder above as --audio-root[/]"
+                )
         elif settings.format == "argilla" and settings.audio_prefix is None:
             _console.print(
                 f"Argilla: serve the audio with `python3 -m http.server 8081 --directory {result.audio_root}`; "
@@ -156,8 +170,8 @@ def review_import(
 ) -> None:
     """Import reviewers' labels: one row per utterance and reviewer, and the merged decision per utterance.
 
-    Merge rule: the label most reviewers chose; a tie is left undecided (decision = tie). Skipped (Label Studio)
-    and discarded (Argilla) reviews are counted, not voted. `melt compare DECISIONS` compares the decisions
+    Merge rule: a Label Studio ground-truth annotation decides; else the label most reviewers chose; a tie is left
+    undecided (decision = tie). Skipped (Label Studio) and discarded (Argilla) reviews are counted, not voted. `melt compare DECISIONS` compares the decisions
     (column label) with the LLM's labels (llm_label); --candidate human_label with the human ones.
     """
     from melt.corpus.labels import MELT_LABEL_SET, LabelSet
@@ -180,6 +194,13 @@ def review_import(
         + (f", {result.drafts} drafts not counted" if result.drafts else "")
         + ")"
     )
+    if result.without_status:
+        _console.print(
+            f"[yellow]{result.without_status} Argilla responses carry no status (records.json of to_disk or "
+            "records.to_json drops it): drafts and discarded answers cannot be told from submitted ones there and "
+            "were counted as submitted; export with dataset.records.to_list(flatten=True) to keep them apart "
+            "(docs/review.md)[/]"
+        )
     table = Table(title="Decisions")
     table.add_column("decision")
     table.add_column("utterances", justify="right")
@@ -217,7 +238,7 @@ def preference_pairs(
     ),
 ) -> None:
     """Build the items of the blind A/B test, with a balanced, seeded A/B order per item and participant."""
-    from melt.review.pairs import PairsSettings, write_pairs
+    from melt.review.pairs import PairsSettings, identical_items, write_pairs
     from melt.review.settings import load_settings
 
     settings = load_settings(
@@ -238,6 +259,12 @@ def preference_pairs(
         f"{len(pairs)} items (A = {settings.a}, B = {settings.b}) written to {out}; per group: "
         + ", ".join(f"{g} {n}" for g, n in counts.items())
     )
+    same = identical_items(pairs)
+    if same:
+        _console.print(
+            f"[yellow]{same} items show the same description twice: a participant can only guess there, which "
+            "pulls every share of A towards 50 %; --only-different leaves them out[/]"
+        )
 
 
 @preference_app.command("serve")
@@ -307,9 +334,10 @@ def preference_report(
             row.group, str(row.answers), str(row.a), str(row.b), str(row.neither), share, interval, p_value
         )
     _console.print(table)
-    kappa = report.agreement["fleiss_kappa"]
+    kappa, median = report.agreement["fleiss_kappa"], report.time["median_seconds"]
     _console.print(
-        f"Fleiss' κ {kappa:.3f} over {report.agreement['items_with_two_or_more_answers']} items; "
-        f"median {report.time['median_seconds']:.1f} s per item"
+        f"Fleiss' κ {'undefined' if kappa != kappa else f'{kappa:.3f}'} over "
+        f"{report.agreement['items_with_two_or_more_answers']} items answered twice or more; "
+        f"median {'undefined' if median != median else f'{median:.1f}'} s per item"
     )
     _console.print(f"report: {(out / 'report.html').resolve()}")

@@ -1,10 +1,11 @@
 """`melt review import`: reviewers' labels from a Label Studio or Argilla export, one row per utterance and
 reviewer, and one merged decision per utterance.
 
-Merge rule: the label most reviewers chose (a plurality of the submitted labels) is the decision; a tie for the
-top leaves the utterance undecided (`decision` = tie, no label, the tied labels in `candidates`); an utterance
-whose reviews were all skipped is `skipped`, one nobody reviewed `unreviewed`. A reviewer counts once per
-utterance: when one reviewer annotated a task twice, the later annotation stands.
+Merge rule: an annotation Label Studio marks as ground truth decides (`decision` = ground_truth: the project
+manager's verdict); otherwise the label most reviewers chose (a plurality of the submitted labels) is the
+decision; a tie for the top leaves the utterance undecided (`decision` = tie, no label, the tied labels in
+`candidates`); an utterance whose reviews were all skipped is `skipped`, one nobody reviewed `unreviewed`. A
+reviewer counts once per utterance: when one reviewer annotated a task twice, the later annotation stands.
 
 Every task carries the utterance id and the audio's sha256 written by `melt review export`; the import checks
 the hash against the audio file when the file is reachable, so a decision is never attached to other audio.
@@ -31,6 +32,7 @@ REVIEW_DTYPES: dict[str, str] = {
     "reviewer": "string",
     "label": "string",
     "skipped": "boolean",
+    "ground_truth": "boolean",
     "comment": "string",
     "lead_time": "Float64",
     "submitted_at": "string",
@@ -88,6 +90,9 @@ class ImportResult:
     superseded: int
     #: Argilla responses still in draft, not counted
     drafts: int
+    #: Argilla responses without a status (records.json of `to_disk`/`records.to_json` drops it): submitted,
+    #: draft and discarded answers cannot be told apart there, and all were counted as submitted
+    without_status: int = 0
 
     @property
     def skipped(self) -> int:
@@ -101,10 +106,11 @@ def import_review(
     Argilla export (`records.json` of `Dataset.to_disk`/`records.to_json`, nested or flattened, or its folder)."""
     path = Path(path)
     source, payload, origin = _read_export(path)
+    without_status = 0
     if source == "labelstudio":
         tasks, superseded, drafts = _label_studio_tasks(payload, origin), 0, 0
     else:
-        tasks, drafts = _argilla_tasks(payload, origin)
+        tasks, drafts, without_status = _argilla_tasks(payload, origin)
         superseded = 0
     if not tasks:
         raise MeltError("the export holds no task", file=origin)
@@ -133,6 +139,7 @@ def import_review(
                     "reviewer": review["reviewer"],
                     "label": None if review["skipped"] else label,
                     "skipped": review["skipped"],
+                    "ground_truth": bool(review.get("ground_truth")) and not review["skipped"],
                     "comment": review.get("comment") or None,
                     "lead_time": review.get("lead_time"),
                     "submitted_at": review.get("submitted_at"),
@@ -144,7 +151,7 @@ def import_review(
             )
     reviews = _frame(rows, REVIEW_DTYPES)
     decisions = merge_decisions(rows, tasks, checks, source)
-    return ImportResult(source, path, reviews, decisions, len(tasks), superseded, drafts)
+    return ImportResult(source, path, reviews, decisions, len(tasks), superseded, drafts, without_status)
 
 
 def _frame(rows: list[dict[str, Any]], dtypes: dict[str, str]) -> pd.DataFrame:
@@ -306,6 +313,7 @@ def _label_studio_review(item: Any, position: int, origin: Path) -> dict[str, An
         "reviewer": _reviewer(annotation.get("completed_by")),
         "label": labels[0] if labels and not skipped else None,
         "skipped": skipped,
+        "ground_truth": bool(annotation.get("ground_truth")),
         "comment": "\n".join(c.strip() for c in comments) or None,
         "lead_time": float(lead_time)
         if isinstance(lead_time, int | float) and not isinstance(lead_time, bool)
@@ -314,9 +322,9 @@ def _label_studio_review(item: Any, position: int, origin: Path) -> dict[str, An
     }
 
 
-def _argilla_tasks(payload: list[Any], origin: Path) -> tuple[list[Task], int]:
+def _argilla_tasks(payload: list[Any], origin: Path) -> tuple[list[Task], int, int]:
     tasks = []
-    drafts = 0
+    drafts = without_status = 0
     for position, item in enumerate(payload, start=1):
         record = _object(item, f"record {position}", origin, position)
         if "fields" in record or "responses" in record or "suggestions" in record:
@@ -344,6 +352,8 @@ def _argilla_tasks(payload: list[Any], origin: Path) -> tuple[list[Task], int]:
                     row=position,
                     column=CHOICES_NAME,
                 )
+            if not answer.get("status"):
+                without_status += 1
             status = str(answer.get("status") or "submitted").lower()
             if status == "draft":
                 drafts += 1
@@ -373,7 +383,7 @@ def _argilla_tasks(payload: list[Any], origin: Path) -> tuple[list[Task], int]:
                 reviews=reviews,
             )
         )
-    return tasks, drafts
+    return tasks, drafts, without_status
 
 
 def _nested_responses(responses: Any, position: int, origin: Path) -> dict[str, dict[str, Any]]:
@@ -485,6 +495,7 @@ def merge_decisions(
         mine = by_id.get(uid, [])
         labelled = [r for r in mine if not r["skipped"] and r["label"] is not None]
         counts = Counter(str(r["label"]) for r in labelled)
+        truth = Counter(str(r["label"]) for r in labelled if r.get("ground_truth"))
         skipped = sum(bool(r["skipped"]) for r in mine)
         label = candidates = None
         agreement = None
@@ -492,7 +503,13 @@ def merge_decisions(
             top = max(counts.values())
             leaders = sorted(label for label, n in counts.items() if n == top)
             agreement = top / sum(counts.values())
-            if len(leaders) == 1:
+            truths = sorted(label for label, n in truth.items() if n == max(truth.values())) if truth else []
+            if len(truths) == 1:
+                decision, label = "ground_truth", truths[0]
+                agreement = counts[label] / sum(counts.values())
+            elif truths:  # ground-truth annotations that disagree: a second look
+                decision, candidates = "tie", "|".join(truths)
+            elif len(leaders) == 1:
                 decision, label = "decided", leaders[0]
             else:
                 decision, candidates = "tie", "|".join(leaders)
@@ -566,13 +583,15 @@ def write_import(
             "skipped": result.skipped,
             "superseded": result.superseded,
             "drafts": result.drafts,
+            "argilla_responses_without_status": result.without_status,
             "decisions": {str(k): int(v) for k, v in result.decisions["decision"].value_counts().items()},
             "audio_check": {
                 str(k): int(v) for k, v in result.decisions["audio_check"].value_counts().items()
             },
             "label_set": list(labels.labels),
-            "merge_rule": "plurality of submitted labels; a tie for the top is undecided (decision tie); "
-            "all skipped: skipped; none: unreviewed; one vote per reviewer, the later annotation stands",
+            "merge_rule": "a Label Studio ground-truth annotation decides (decision ground_truth); else the "
+            "plurality of submitted labels; a tie for the top is undecided (decision tie); all skipped: skipped; "
+            "none: unreviewed; one vote per reviewer, the later annotation stands",
             "outputs": {"decisions": str(decisions), "reviews": str(reviews)},
         },
     )

@@ -47,7 +47,9 @@ class ExportSettings(DoubtSettings):
     )
     format: Literal["labelstudio", "argilla"] = "labelstudio"
     audio_root: str | None = Field(
-        None, description="folder the audio URLs are relative to (default: the audio files' common folder)"
+        None,
+        description="folder the audio URLs are relative to (default: the audio files' common folder; for "
+        "Label Studio's local files, the folder above it, Label Studio's document root)",
     )
     audio_prefix: str | None = Field(
         None,
@@ -68,8 +70,27 @@ class ExportResult:
     selected: pd.DataFrame
     #: utterances in the run
     total: int
+    #: the folder audio URLs are relative to (Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)
     audio_root: Path | None
+    #: the common folder of the exported audio files (the Local files storage Label Studio needs)
+    audio_folder: Path | None = None
     files: list[Path] = field(default_factory=list)
+
+    def label_studio_storages(self) -> list[Path]:
+        """The Local files storages Label Studio needs to serve the audio: the common folder, or, when that is
+        the document root itself (which Label Studio refuses as a storage), each sub-folder of the root that
+        holds audio. Empty when some audio lies directly in the root: Label Studio cannot serve it."""
+        if self.audio_root is None or self.audio_folder is None:
+            return []
+        if self.audio_folder != self.audio_root:
+            return [self.audio_folder]
+        paths = [
+            Path(p) for p, h in zip(self.selected["audio_path"], self.selected["audio_sha256"], strict=True)
+        ]
+        paths = [p for p, h in zip(paths, self.selected["audio_sha256"], strict=True) if pd.notna(h)]
+        if any(p.parent == self.audio_root for p in paths):
+            return []
+        return sorted({self.audio_root / p.relative_to(self.audio_root).parts[0] for p in paths})
 
     @property
     def missing_audio(self) -> int:
@@ -97,12 +118,14 @@ def export_review(
             file=run.run_dir,
         )
     chosen["audio_sha256"] = pd.Series([_sha256(p) for p in chosen["audio_path"]], dtype="string")
-    root = _audio_root(chosen, settings)
+    root, folder = _audio_root(chosen, settings)
     chosen["audio_url"] = pd.Series(
         [_audio_url(row, root, settings.prefix()) for row in chosen.itertuples(index=False)], dtype="string"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ExportResult(out_dir=out_dir, selected=chosen, total=len(scored), audio_root=root)
+    result = ExportResult(
+        out_dir=out_dir, selected=chosen, total=len(scored), audio_root=root, audio_folder=folder
+    )
     if settings.format == "labelstudio":
         result.files += write_label_studio(chosen, run, out_dir)
     else:
@@ -123,15 +146,25 @@ def _sha256(path: object) -> str | None:
         return None
 
 
-def _audio_root(chosen: pd.DataFrame, settings: ExportSettings) -> Path | None:
-    if settings.audio_root is not None:
-        return Path(os.path.abspath(settings.audio_root))
+def _audio_root(chosen: pd.DataFrame, settings: ExportSettings) -> tuple[Path | None, Path | None]:
+    """(the folder URLs are relative to, the common folder of the audio files)."""
     folders = [
         str(Path(p).parent)
         for p, h in zip(chosen["audio_path"], chosen["audio_sha256"], strict=True)
         if pd.notna(h)
     ]
-    return Path(os.path.commonpath(folders)) if folders else None
+    common = Path(os.path.commonpath(folders)) if folders else None
+    if settings.audio_root is not None:
+        return Path(os.path.abspath(settings.audio_root)), common
+    if (
+        common is not None
+        and settings.format == "labelstudio"
+        and settings.prefix() == LABEL_STUDIO_LOCAL_FILES
+    ):
+        # Label Studio serves a local file only through a Local files storage that holds it, and refuses a
+        # storage equal to its document root: the root must be the folder above the audio.
+        return common.parent, common
+    return common, common
 
 
 def _audio_url(row: Any, root: Path | None, prefix: str) -> str:
@@ -463,6 +496,10 @@ def _write_manifest(
         "check": str(Path(check).absolute()) if check is not None else None,
         "settings": settings.model_dump(mode="json"),
         "audio_root": str(result.audio_root) if result.audio_root else None,
+        "audio_folder": str(result.audio_folder) if result.audio_folder else None,
+        "label_studio_storages": [str(p) for p in result.label_studio_storages()]
+        if settings.format == "labelstudio"
+        else None,
         "audio_prefix": settings.prefix(),
         "label_set": list(run.labels.labels),
         "utterances_in_run": result.total,

@@ -74,6 +74,14 @@ def _canonical(value: object) -> str:
     return " ".join(str(value).split()).casefold()
 
 
+def identical_items(pairs: pd.DataFrame) -> int:
+    """Items whose two descriptions are the same (as `--only-different` compares them)."""
+    return sum(
+        _canonical(a) == _canonical(b)
+        for a, b in zip(pairs["description_a"], pairs["description_b"], strict=True)
+    )
+
+
 def build_pairs(
     table: pd.DataFrame, settings: PairsSettings, *, source: str | Path = "<table>"
 ) -> pd.DataFrame:

@@ -180,6 +180,21 @@ def _percent(value: float) -> str:
     return "–" if value != value else f"{value:.1%}"
 
 
+def _json_ready(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _fixed(value: float, digits: int) -> str:
+    return "undefined" if value != value else f"{value:.{digits}f}"
+
+
 def _p(value: float) -> str:
     if value != value:
         return "–"
@@ -242,7 +257,8 @@ def write_preference_report(results: str | Path, out_dir: str | Path) -> Prefere
         "agreement": report.agreement,
         "time": report.time,
     }
-    text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=True)
+    # NaN (κ with no item answered twice, times with no timed answer) is not JSON: strict readers refuse it.
+    text = json.dumps(_json_ready(summary), indent=2, ensure_ascii=False, allow_nan=False)
     atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
     overall = report.table.iloc[-1]
@@ -275,7 +291,7 @@ def write_preference_report(results: str | Path, out_dir: str | Path) -> Prefere
             paragraphs=[
                 f"Fleiss' κ over the {report.agreement['items_with_two_or_more_answers']} items answered by at "
                 f"least two participants (categories a, b, neither; unequal numbers of answers per item allowed): "
-                f"{report.agreement['fleiss_kappa']:.3f}. Raw pairwise agreement: "
+                f"{_fixed(report.agreement['fleiss_kappa'], 3)}. Raw pairwise agreement: "
                 f"{_percent(report.agreement['pairwise_agreement'])} of {report.agreement['answer_pairs']} pairs "
                 "of answers to the same item."
             ],
@@ -283,9 +299,10 @@ def write_preference_report(results: str | Path, out_dir: str | Path) -> Prefere
         Section(
             title="Time per item",
             paragraphs=[
-                f"From the server showing an item to the answer: median {report.time['median_seconds']:.1f} s "
-                f"(quartiles {report.time['q25_seconds']:.1f} – {report.time['q75_seconds']:.1f} s, mean "
-                f"{report.time['mean_seconds']:.1f} s) over {report.time['answers_timed']} answers. It includes "
+                f"From the server showing an item to the answer: median {_fixed(report.time['median_seconds'], 1)} s "
+                f"(quartiles {_fixed(report.time['q25_seconds'], 1)} – {_fixed(report.time['q75_seconds'], 1)} s, "
+                f"mean {_fixed(report.time['mean_seconds'], 1)} s) over {report.time['answers_timed']} answers. "
+                "It includes "
                 "playing the clip; an item shown again after a break counts from its last showing."
             ],
             tables={

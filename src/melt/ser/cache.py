@@ -6,8 +6,8 @@ audio file's bytes, so the same clip under two ids or in two corpora is computed
 recomputed. Crops of long utterances are entries `<sha256>:crop<k>`. Entries live in shards
 (`pooled-*.npz`: `keys`, `samples`, `pooled` [n, layers, dim] float32), each written atomically after a chunk of
 files, so an interrupted extraction keeps every finished shard and a rerun computes only what is missing.
-`audio_hashes.parquet` remembers each file's hash by path, size and modification time, so reruns and
-`melt ser train` do not re-read every file to hash it.
+`audio_hashes.parquet` remembers each file's hash by path, size, modification and change time, so reruns
+and `melt ser train` do not re-read every file to hash it.
 
 Why mean-pooled per layer is exact for the paper's head: the head sees mean_t(Σ_l w_l h_lt) and its first Linear
 is affine, so Σ_l w_l mean_t(h_lt) is the same vector whatever weights w the training learns.
@@ -19,6 +19,7 @@ Frame-level features for attention pooling are another kind of shard in the same
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -337,22 +338,29 @@ def audio_paths(table: pd.DataFrame, base: Path) -> list[Path | None]:
 def audio_hashes(
     paths: Sequence[Path | None], memo_folder: Path | None
 ) -> tuple[list[str | None], list[str | None]]:
-    """(sha256 or None, reason or None) per path. Hashes of unchanged files (same size and modification time)
-    come from `memo_folder/audio_hashes.parquet`, which is updated when the folder is writable."""
+    """(sha256 or None, reason or None) per path. Hashes of unchanged files (same size, modification time and
+    inode change time) come from `memo_folder/audio_hashes.parquet`, which is updated when the folder is
+    writable. The change time is there because size and modification time survive a rewrite (same-length audio,
+    the time restored by cp -p, rsync -t or tar) while the change time cannot be set back."""
     from melt.acoustics.features import file_sha256
 
-    memo: dict[str, tuple[int, int, str]] = {}
+    memo: dict[str, tuple[int, int, int, str]] = {}
     memo_path = memo_folder / HASHES if memo_folder is not None else None
     if memo_path is not None and memo_path.is_file():
         try:
             frame = pd.read_parquet(memo_path)
             memo = {
-                p: (int(s), int(m), h)
-                for p, s, m, h in zip(
-                    frame["path"], frame["size"], frame["mtime_ns"], frame["sha256"], strict=True
+                p: (int(s), int(m), int(c), h)
+                for p, s, m, c, h in zip(
+                    frame["path"],
+                    frame["size"],
+                    frame["mtime_ns"],
+                    frame["ctime_ns"],
+                    frame["sha256"],
+                    strict=True,
                 )
             }
-        except Exception:  # a damaged memo only costs re-hashing
+        except Exception:  # a damaged memo, or one of an older format, only costs re-hashing
             memo = {}
     hashes: list[str | None] = []
     reasons: list[str | None] = []
@@ -374,8 +382,8 @@ def audio_hashes(
             continue
         key = str(path.resolve())
         known = memo.get(key)
-        if known is not None and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
-            hashes.append(known[2])
+        if known is not None and known[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns):
+            hashes.append(known[3])
             reasons.append(None)
             continue
         try:
@@ -384,18 +392,30 @@ def audio_hashes(
             hashes.append(None)
             reasons.append(f"cannot read file ({exc.strerror})")
             continue
-        memo[key] = (stat.st_size, stat.st_mtime_ns, digest)
+        memo[key] = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest)
         changed = True
         hashes.append(digest)
         reasons.append(None)
     if changed and memo_path is not None:
         frame = pd.DataFrame(
-            [(p, s, m, h) for p, (s, m, h) in memo.items()], columns=["path", "size", "mtime_ns", "sha256"]
+            [(p, *known) for p, known in memo.items()],
+            columns=["path", "size", "mtime_ns", "ctime_ns", "sha256"],
         )
         # a read-only cache still works; hashing just repeats next time
         with contextlib.suppress(OSError):
             write_table(frame, memo_path)
     return hashes, reasons
+
+
+def audio_content_key(table: pd.DataFrame, base: Path, memo_folder: Path | None) -> str:
+    """SHA-256 over each row's id and audio content hash (or why it has none): what a run's result depends on
+    besides the table's own bytes, since a re-recorded clip keeps its path and its row."""
+    hashes, reasons = audio_hashes(audio_paths(table, base), memo_folder)
+    ids = table["id"].astype(str) if "id" in table.columns else pd.Series(range(len(table))).astype(str)
+    digest = hashlib.sha256()
+    for identifier, content, reason in zip(ids, hashes, reasons, strict=True):
+        digest.update(f"{identifier}\t{content or reason}\n".encode())
+    return digest.hexdigest()
 
 
 # --- extraction -----------------------------------------------------------------------------------------------

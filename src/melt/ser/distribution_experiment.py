@@ -54,7 +54,9 @@ from melt.ser.experiment import (
     _key,
     _looks_local,
     _markdown,
+    _mean_and_spread,
     _resolve,
+    _seeds_note,
     _short,
     _slug,
     _versions,
@@ -239,7 +241,7 @@ def run_distribution_experiment(
 ) -> DistributionExperimentResult:
     """Run (or resume) every run of the distribution experiment and write its outputs into `out_dir`."""
     from melt.ser.backbones import load_backbone, resolve_device
-    from melt.ser.cache import FeatureCache, extract_features
+    from melt.ser.cache import FeatureCache, audio_content_key, extract_features
 
     out = Path(out_dir)
     device = resolve_device(config.device)
@@ -278,6 +280,13 @@ def run_distribution_experiment(
                 log(
                     f"{backbone_name} / {corpus.name}: {len(result.problems)} rows skipped (listed in {listed})"
                 )
+            # what every run and frame mix of this corpus was made from: its files and its audio content (a clip
+            # re-recorded in place keeps its row)
+            made_from = [
+                inputs[f"{corpus.name}:table"]["sha256"],
+                inputs[f"{corpus.name}:distributions"]["sha256"],
+                audio_content_key(corpus.table, corpus.base, cache.folder),
+            ]
             for fold in corpus.folds:
                 in_fold = (corpus.table["fold"] == fold).fillna(False).to_numpy()
                 train_rows = corpus.table[corpus.trainable & ~in_fold].reset_index(drop=True)
@@ -290,7 +299,9 @@ def run_distribution_experiment(
                 fold_dir = out / "runs" / slug / _slug(corpus.name) / f"fold{_slug(str(fold))}"
                 mix = None
                 if config.pooling == "attention":
-                    mix = _fold_layer_weights(config, cache, corpus, train_rows, fold_dir, device, progress)
+                    mix = _fold_layer_weights(
+                        config, cache, corpus, train_rows, fold_dir, device, progress, made_from
+                    )
                     layer_weights[f"{_short(backbone_name)} · {corpus.name} · fold {fold}"] = mix.tolist()
                 for seed in config.seeds:
                     settings = config.training.model_copy(update={"seed": seed})
@@ -298,10 +309,7 @@ def run_distribution_experiment(
                     common = {
                         "settings": settings.model_dump(),
                         "fingerprint": cache.manifest["fingerprint"],
-                        "inputs": [
-                            inputs[f"{corpus.name}:table"]["sha256"],
-                            inputs[f"{corpus.name}:distributions"]["sha256"],
-                        ],
+                        "inputs": made_from,
                         "classes": corpus.classes,
                         "reference": config.reference,
                         "fold": str(fold),
@@ -356,7 +364,7 @@ def run_distribution_experiment(
         + _markdown(overall)
         + "\n## Per tertile of the test utterances' human ambiguity\n\n"
         + _markdown(by_tertile)
-        + f"\nMean ± standard deviation over {len(config.seeds)} seed(s), predictions of every held-out fold pooled "
+        + f"\n{_seeds_note(len(config.seeds))}, predictions of every held-out fold pooled "
         "per seed; best of each column in bold (lowest JS, highest BC). Folds are speaker-independent (the table's "
         "`fold`); the paper used a random 80/20 split.\n"
         + "\n## Reference only: Scaling Ambiguity's own results (never used here)\n\n"
@@ -400,16 +408,17 @@ def _validation_speakers(rows: pd.DataFrame, settings: TrainSettings) -> list[st
 
 
 def _fold_layer_weights(
-    config, cache, corpus: _Corpus, train_rows, fold_dir: Path, device, progress
+    config, cache, corpus: _Corpus, train_rows, fold_dir: Path, device, progress, made_from: list[str]
 ) -> np.ndarray:
     """The fold's frame mix: a mean-pooled head on the reference distributions of its training rows (first seed);
-    remembered in `fold_dir/layer_weights.json` with the key of what decided it."""
+    remembered in `fold_dir/layer_weights.json` with the key of what decided it (`made_from`: the corpus's table,
+    distributions and audio content)."""
     from melt.ser.distribution_model import train_distribution_model
 
     settings = config.training.model_copy(update={"seed": config.seeds[0]})
     speakers = _validation_speakers(train_rows, settings)
     key = _key(
-        {"settings": settings.model_dump(), "fingerprint": cache.manifest["fingerprint"]},
+        {"settings": settings.model_dump(), "fingerprint": cache.manifest["fingerprint"], "inputs": made_from},
         ids=sorted(train_rows["id"].astype(str)), reference=config.reference, classes=corpus.classes,
         validation=speakers, loss=config.loss, entropy_weight=config.entropy_weight, blocks=config.blocks,
     )  # fmt: skip
@@ -511,7 +520,7 @@ def result_tables(results: pd.DataFrame, corpora: list[str]) -> tuple[pd.DataFra
     target × DiME-Aug, "mean ± std" over seeds, the best mean of each column wrapped in ** (bold in Markdown)."""
     grouped = results.groupby(["backbone", "corpus", "target", "dime", "tertile"], sort=False)
     mean = grouped[["jsd", "bc"]].mean()
-    std = grouped[["jsd", "bc"]].std(ddof=1).fillna(0.0)
+    std = grouped[["jsd", "bc"]].std(ddof=1)  # NaN for a single seed: no spread to show
     systems = list(dict.fromkeys(zip(results["backbone"], results["target"], results["dime"], strict=True)))
 
     def cell(system, corpus: str, tertile: str, metric: str) -> str:
@@ -526,7 +535,7 @@ def result_tables(results: pd.DataFrame, corpora: list[str]) -> tuple[pd.DataFra
             if (b, corpus, t, d, tertile) in mean.index
         ]
         best = min(column) if metric == "jsd" else max(column)
-        text = f"{value:.4f} ± {std.loc[key, metric]:.4f}"
+        text = _mean_and_spread(value, std.loc[key, metric])
         return f"**{text}**" if np.isclose(value, best) else text
 
     def table(tertiles: tuple[str, ...]) -> pd.DataFrame:

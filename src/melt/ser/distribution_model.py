@@ -47,7 +47,7 @@ from melt.ser.frames import FrameStore, FrameViews
 from melt.ser.heads import ATTENTION_HEADS, DistributionHead
 from melt.ser.losses import ENTROPY_WEIGHT, distribution_loss, jsd_score, renormalised
 from melt.ser.model import TrainedModel, load_corpus, load_model, save_model
-from melt.ser.training import PooledViews, TrainSettings, fit, predict_logits, validation_split
+from melt.ser.training import PooledViews, TrainSettings, fit, held_out_rows, predict_logits
 
 SOURCES: tuple[str, ...] = ("human", "synthetic", "combined")
 #: Utterances per forward pass when predicting from frames (a batch holds every frame of its utterances).
@@ -316,20 +316,7 @@ def train_distribution_model(
             f"fewer than two training rows have a distribution and features ({shown})", file=source
         )
 
-    speakers = found.rows["speaker"] if "speaker" in found.rows.columns else None
-    if validation_speakers is not None and speakers is not None:
-        is_validation = speakers.astype("string").isin(validation_speakers).fillna(False).to_numpy()
-        rule = f"speakers {', '.join(sorted(validation_speakers))} (given)"
-    else:
-        is_validation, rule = validation_split(
-            None if speakers is None else speakers.tolist(),
-            fraction=settings.validation_fraction,
-            seed=settings.seed,
-        )
-    if is_validation.all():
-        raise MeltError(
-            "the validation speakers hold every training row; nothing left to train on", file=source
-        )
+    is_validation, rule = held_out_rows(found.rows, settings, validation_speakers, source=source)
     train_index = np.flatnonzero(~is_validation)
     val_index = np.flatnonzero(is_validation)
     train_targets = found.targets[train_index]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from melt import __version__
 from melt.acoustics.features import file_sha256
@@ -114,6 +114,20 @@ class ExperimentConfig(BaseModel):
         if isinstance(value, dict):
             return {k: ({"table": v} if isinstance(v, str | Path) else v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _distinct_folders(self) -> ExperimentConfig:
+        if IN_DOMAIN in self.test:
+            raise ValueError(f"a test corpus may not be called {IN_DOMAIN!r}: use `in_domain: true`")
+        for kind, names in (("test corpora", self.test), ("label sources", self.train.labels)):
+            seen: dict[str, str] = {}
+            for name in names:
+                other = seen.setdefault(_slug(name), name)
+                if other != name:
+                    raise ValueError(
+                        f"{kind} {other!r} and {name!r} would share the same folder {_slug(name)!r}"
+                    )
+        return self
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> ExperimentConfig:
@@ -216,7 +230,7 @@ def run_experiment(
 ) -> ExperimentResult:
     """Run (or resume) every run of the protocol and write the outputs into `out_dir`."""
     from melt.ser.backbones import load_backbone, resolve_device
-    from melt.ser.cache import FeatureCache, extract_features
+    from melt.ser.cache import FeatureCache, audio_content_key, extract_features
     from melt.ser.model import evaluate_model, train_model
     from melt.ser.training import validation_split
 
@@ -294,6 +308,9 @@ def run_experiment(
                     f"audio), listed in {listed}"
                 )
         del backbone  # the backbone's memory is not needed for training heads
+        # a finished run is reused only for the same audio, not just the same tables (a clip re-recorded in place)
+        train_audio = audio_content_key(train_table[extract_rows], train_base, cache.folder)
+        test_audio = {t.name: audio_content_key(t.table, t.base, cache.folder) for t in tests}
 
         for seed in config.seeds:
             settings = config.training.model_copy(update={"seed": seed})
@@ -309,6 +326,7 @@ def run_experiment(
                 "crops": config.crops,
                 "crop_seconds": config.crop_seconds,
                 "train": inputs["train"]["sha256"],
+                "train_audio": train_audio,
                 "validation": validation_speakers,
             }
             for source_name, column in sources.items():
@@ -319,6 +337,7 @@ def run_experiment(
                         column=column,
                         classes=test.classes,
                         test=inputs[f"test:{test.name}"]["sha256"],
+                        test_audio=test_audio[test.name],
                         test_labels=test.labels,
                     )
                     record, frame = _finished(run_dir, run_key)
@@ -394,7 +413,7 @@ def run_experiment(
     test_names = [t.name for t in tests] + ([IN_DOMAIN] if in_domain is not None else [])
     table = table3_frame(results, test_names)
     table_md = _markdown(table) + (
-        f"\nMean ± standard deviation over {len(config.seeds)} seed(s); the best mean of each column in bold. "
+        f"\n{_seeds_note(len(config.seeds))}; the best mean of each column in bold. "
         "UAR is the mean recall over the classes, F1 is macro-averaged.\n"
     )
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(table_md, encoding="utf-8"))
@@ -691,11 +710,12 @@ def paired_comparisons(
 
 
 def table3_frame(results: pd.DataFrame, tests: list[str]) -> pd.DataFrame:
-    """Rows backbone × label source, columns UAR / ACC / F1 per test corpus as "mean ± std" over seeds; the best
-    mean of every column wrapped in ** (bold in Markdown)."""
+    """Rows backbone × label source, columns UAR / ACC / F1 per test corpus as "mean ± std" over seeds (the mean
+    alone for a single seed); the best mean of every column wrapped in ** (bold in Markdown)."""
     grouped = results.groupby(["backbone", "labels", "test"], sort=False)
     mean = grouped[["uar", "acc", "f1"]].mean()
-    std = grouped[["uar", "acc", "f1"]].std(ddof=1).fillna(0.0)
+    # NaN for a single seed: no spread to show
+    std = grouped[["uar", "acc", "f1"]].std(ddof=1)
     classes = results.groupby("test")["classes"].max()
     systems = list(dict.fromkeys(zip(results["backbone"], results["labels"], strict=True)))
     rows = []
@@ -715,10 +735,19 @@ def table3_frame(results: pd.DataFrame, tests: list[str]) -> pd.DataFrame:
                     row[column] = "–"
                     continue
                 values = [mean[metric].get((b, lab, test), np.nan) for b, lab in systems]
-                text = f"{m:.4f} ± {std[metric].get((backbone, labels, test), 0.0):.4f}"
+                text = _mean_and_spread(m, std[metric].get((backbone, labels, test), np.nan))
                 row[column] = f"**{text}**" if np.isclose(m, np.nanmax(values)) else text
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _mean_and_spread(mean: float, std: float) -> str:
+    """ "mean ± std", or the mean alone where the standard deviation is undefined (a single seed)."""
+    return f"{mean:.4f}" if np.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _seeds_note(seeds: int) -> str:
+    return f"Mean ± standard deviation over {seeds} seeds" if seeds > 1 else "One seed: means, no spread"
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -25,13 +25,13 @@ from melt.ser.cache import CROP_SECONDS, audio_paths
 from melt.ser.heads import PooledHead
 from melt.ser.model import (
     TrainedModel,
-    _parse_classes,
     check_class_counts,
+    labelled_rows,
     load_corpus,
     normalised_labels,
     save_model,
 )
-from melt.ser.training import TrainSettings, fit, validation_split
+from melt.ser.training import TrainSettings, fit, held_out_rows
 
 BACKBONE_FOLDER = "backbone"
 
@@ -134,19 +134,9 @@ def finetune_model(
     ssl = HuggingFaceBackbone(str(backbone), device=device)
     table, base, source = load_corpus(corpus, root)
     label_values = normalised_labels(table, labels, source=source)
-    wanted = _parse_classes(classes) or sorted(label_values.dropna().unique())
-    if not wanted:
-        raise MeltError("no labelled rows", file=source, column=labels)
-    if len(wanted) < 2:
-        raise MeltError(
-            f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
-        )
-    keep = label_values.isin(wanted).to_numpy()
-    check_class_counts(
-        label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels
+    wanted, rows, row_labels = labelled_rows(
+        table, label_values, classes, minimum=settings.min_per_class, source=source, column=labels
     )
-    rows = table[keep].reset_index(drop=True)
-    row_labels = label_values[keep].reset_index(drop=True)
     signals, skipped = _read_signals(rows, base, ssl.min_samples)
     present = np.array([s is not None for s in signals])
     if not present.any():
@@ -155,14 +145,8 @@ def finetune_model(
     signals = [s for s in signals if s is not None]
     check_class_counts(row_labels, wanted, minimum=settings.min_per_class, source=source, column=labels)
     targets = row_labels.map({c: i for i, c in enumerate(wanted)}).to_numpy(dtype=np.int64)
-    is_validation, rule = validation_split(
-        rows["speaker"].tolist() if "speaker" in rows.columns else None,
-        fraction=settings.validation_fraction,
-        seed=settings.seed,
-    )
+    is_validation, rule = held_out_rows(rows, settings, None, source=source)
     train_index, val_index = np.flatnonzero(~is_validation), np.flatnonzero(is_validation)
-    if not len(train_index):
-        raise MeltError("the validation speakers hold every training row", file=source)
 
     torch.manual_seed(settings.seed)
     head = PooledHead(ssl.num_layers, ssl.dim, len(wanted), hidden=settings.hidden, dropout=settings.dropout)

@@ -40,29 +40,16 @@ class LayerWeights(nn.Module):
         return torch.einsum("l,...ld->...d", self.weights(), layers)
 
 
-class PooledHead(nn.Module):
-    """The paper's head on mean-pooled per-layer features."""
+class _LayerMixingHead(nn.Module):
+    """Layer weights over the backbone's hidden states, and an optional standardisation of the mixed features."""
 
-    def __init__(
-        self,
-        num_layers: int,
-        dim: int,
-        num_classes: int,
-        *,
-        hidden: int = HIDDEN,
-        dropout: float = DROPOUT,
-        standardise: bool = False,
-    ):
+    def __init__(self, num_layers: int, dim: int, standardise: bool):
         super().__init__()
-        self.num_layers, self.dim, self.num_classes = num_layers, dim, num_classes
-        self.hidden, self.dropout, self.standardise = hidden, dropout, standardise
+        self.standardise = standardise
         self.layer_weights = LayerWeights(num_layers)
         # fitted on the training data by `fit_standardisation`; identity until then
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
-        self.classifier = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
-        )
 
     def fit_standardisation(self, features: torch.Tensor) -> None:
         """Mean and standard deviation of the weighted inputs' dimensions over the training items [n, layers,
@@ -75,6 +62,27 @@ class PooledHead(nn.Module):
             std = mixed.std(dim=0, unbiased=False)
             # a constant feature (e.g. a voicing statistic that never varies) must not divide by zero
             self.scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+
+class PooledHead(_LayerMixingHead):
+    """The paper's head on mean-pooled per-layer features."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        num_classes: int,
+        *,
+        hidden: int = HIDDEN,
+        dropout: float = DROPOUT,
+        standardise: bool = False,
+    ):
+        super().__init__(num_layers, dim, standardise)
+        self.num_layers, self.dim, self.num_classes = num_layers, dim, num_classes
+        self.hidden, self.dropout = hidden, dropout
+        self.classifier = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         mixed = self.layer_weights(pooled)
@@ -137,7 +145,7 @@ def attention_heads(dim: int, wanted: int = ATTENTION_HEADS) -> int:
     return max(heads, 1)
 
 
-class DistributionHead(nn.Module):
+class DistributionHead(_LayerMixingHead):
     """The distributional head on the weighted sum of hidden states.
 
     `pooling="attention"`: `forward(frames, mask)` with frames [B, layers, T, D] (per-layer hidden states: the
@@ -159,16 +167,12 @@ class DistributionHead(nn.Module):
         heads: int = ATTENTION_HEADS,
         standardise: bool = False,
     ):
-        super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        super().__init__(num_layers, dim, standardise)
         self.num_layers, self.dim, self.num_classes = num_layers, dim, num_classes
         self.pooling, self.hidden, self.dropout, self.blocks = pooling, hidden, dropout, blocks
         self.heads = attention_heads(dim, heads)
-        self.standardise = standardise
-        self.layer_weights = LayerWeights(num_layers)
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("scale", torch.ones(dim))
         self.pool = AttentionPooling(dim, self.heads) if pooling == "attention" else None
         self.projection = nn.Linear(dim, hidden)
         self.body = nn.Sequential(*(ResidualBlock(hidden, dropout) for _ in range(blocks)))
@@ -180,16 +184,6 @@ class DistributionHead(nn.Module):
         with torch.no_grad():
             self.layer_weights.logits.copy_(torch.log(values.clamp_min(1e-12)))
         self.layer_weights.logits.requires_grad_(False)
-
-    def fit_standardisation(self, features: torch.Tensor) -> None:
-        """As `PooledHead.fit_standardisation` (eGeMAPS, mean pooling only)."""
-        if not self.standardise:
-            return
-        with torch.no_grad():
-            mixed = self.layer_weights(features)
-            self.mean.copy_(mixed.mean(dim=0))
-            std = mixed.std(dim=0, unbiased=False)
-            self.scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pool is None:

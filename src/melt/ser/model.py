@@ -14,6 +14,7 @@ per-class recall, the confusion matrix and per-utterance predictions with class 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from melt.errors import MeltError
 from melt.ser import plots
 from melt.ser.cache import FeatureCache, lookup
 from melt.ser.heads import PooledHead, build_head
-from melt.ser.training import FitResult, PooledViews, TrainSettings, fit, predict_logits, validation_split
+from melt.ser.training import FitResult, PooledViews, TrainSettings, fit, held_out_rows, predict_logits
 
 MODEL_JSON = "model.json"
 HEAD_WEIGHTS = "head.pt"
@@ -95,10 +96,34 @@ def _parse_classes(classes: str | list[str] | tuple[str, ...] | None) -> list[st
     return cleaned
 
 
+def labelled_rows(
+    table: pd.DataFrame,
+    label_values: pd.Series,
+    classes: str | list[str] | tuple[str, ...] | None,
+    *,
+    minimum: int,
+    source: str,
+    column: str,
+) -> tuple[list[str], pd.DataFrame, pd.Series]:
+    """The head's classes (`classes`, default every label in the column) and the rows holding one of them, with
+    their labels; fewer than two classes, or a class under `minimum` rows, is an error."""
+    wanted = _parse_classes(classes) or sorted(label_values.dropna().unique())
+    if not wanted:
+        raise MeltError("no labelled rows", file=source, column=column)
+    if len(wanted) < 2:
+        raise MeltError(
+            f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=column
+        )
+    keep = label_values.isin(wanted).to_numpy()
+    check_class_counts(label_values, wanted, minimum=minimum, source=source, column=column)
+    return wanted, table[keep].reset_index(drop=True), label_values[keep].reset_index(drop=True)
+
+
 def check_class_counts(
     labels: pd.Series, classes: list[str], *, minimum: int, source: str, column: str
 ) -> None:
-    """One clear error when the classes share nothing with the labels or a class has too few rows."""
+    """One clear error when the classes share nothing with the labels or a class has too few rows. `labels` are
+    all the rows' labels, so that the error can show the ones found."""
     counts = labels.value_counts()
     present = [c for c in classes if counts.get(c, 0) > 0]
     if not present:
@@ -143,21 +168,9 @@ def train_model(
     cache = features if isinstance(features, FeatureCache) else FeatureCache.open(features)
     table, base, source = load_corpus(corpus, root)
     label_values = normalised_labels(table, labels, source=source)
-    wanted = _parse_classes(classes)
-    if wanted is None:
-        wanted = sorted(label_values.dropna().unique())
-        if not wanted:
-            raise MeltError("no labelled rows", file=source, column=labels)
-    if len(wanted) < 2:
-        raise MeltError(
-            f"a classifier needs at least two classes; {wanted} is all there is", file=source, column=labels
-        )
-    keep = label_values.isin(wanted).to_numpy()
-    check_class_counts(
-        label_values[keep], wanted, minimum=settings.min_per_class, source=source, column=labels
+    wanted, rows, row_labels = labelled_rows(
+        table, label_values, classes, minimum=settings.min_per_class, source=source, column=labels
     )
-    rows = table[keep].reset_index(drop=True)
-    row_labels = label_values[keep].reset_index(drop=True)
 
     found = lookup(cache, rows, root=base, with_crops=True)
     if not found.present.any():
@@ -169,20 +182,7 @@ def train_model(
     check_class_counts(row_labels, wanted, minimum=settings.min_per_class, source=source, column=labels)
     targets = row_labels.map({c: i for i, c in enumerate(wanted)}).to_numpy(dtype=np.int64)
 
-    speakers = rows["speaker"] if "speaker" in rows.columns else None
-    if validation_speakers is not None and speakers is not None:
-        is_validation = speakers.astype("string").isin(validation_speakers).fillna(False).to_numpy()
-        rule = f"speakers {', '.join(sorted(validation_speakers))} (given)"
-    else:
-        is_validation, rule = validation_split(
-            None if speakers is None else speakers.tolist(),
-            fraction=settings.validation_fraction,
-            seed=settings.seed,
-        )
-    if is_validation.all():
-        raise MeltError(
-            "the validation speakers hold every training row; nothing left to train on", file=source
-        )
+    is_validation, rule = held_out_rows(rows, settings, validation_speakers, source=source)
     data = PooledViews(found.views, found.view_offsets, found.view_counts)
     train_index = np.flatnonzero(~is_validation)
     val_index = np.flatnonzero(is_validation)
@@ -246,7 +246,11 @@ def save_model(
     try:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
-        atomic_write(out / HEAD_WEIGHTS, lambda tmp: torch.save(state, tmp))
+        # saved to a buffer: torch.save names its archive's records after the file, and the temporary file's
+        # name is random, so the same weights would give different bytes
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(out / HEAD_WEIGHTS, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         weights = model.layer_weights()
         write_table(
             pd.DataFrame({"layer": range(len(weights)), "weight": weights}), out / "layer_weights.csv"

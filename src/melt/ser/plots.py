@@ -94,7 +94,7 @@ def uar_bars(results: pd.DataFrame, path: str | Path, chance: dict[str, float] |
     )
     tests = list(dict.fromkeys(summary["test"]))
     systems = list(dict.fromkeys(zip(summary["backbone"], summary["labels"], strict=True)))
-    figure = _figure(max(5.0, 1.2 + 1.1 * len(tests) * max(1, len(systems)) / 2), 3.6)
+    figure = _figure(max(5.0, 1.2 + 1.1 * len(tests) * max(1, len(systems)) / 2) + 1.8, 3.6)
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(systems))
     for k, (backbone, labels) in enumerate(systems):
@@ -116,9 +116,14 @@ def uar_bars(results: pd.DataFrame, path: str | Path, chance: dict[str, float] |
     axes.set_xticks(range(len(tests)), tests)
     axes.set_ylabel("UAR (mean ± std over seeds)")
     axes.set_ylim(0, 1)
-    axes.legend(fontsize=7, ncol=2)
+    _legend_beside(axes)
     axes.set_title("UAR per test corpus (dotted: chance)", fontsize=9)
     return _save(figure, path)
+
+
+def _legend_beside(axes) -> None:
+    """The legend right of the axes: inside, it hid the tallest bars (the best systems)."""
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def tertile_bars(results: pd.DataFrame, metric: str, path: str | Path) -> Path:
@@ -127,7 +132,7 @@ def tertile_bars(results: pd.DataFrame, metric: str, path: str | Path) -> Path:
     tertiles = ["low", "medium", "high", "all"]
     panels = list(dict.fromkeys(zip(results["backbone"], results["corpus"], strict=True)))
     systems = list(dict.fromkeys(zip(results["target"], results["dime"], strict=True)))
-    figure = _figure(max(5.0, 1.5 + 1.3 * len(tertiles) * max(1, len(systems)) / 3) * len(panels), 3.6)
+    figure = _figure(max(5.0, 1.5 + 1.3 * len(tertiles) * max(1, len(systems)) / 3) * len(panels) + 1.8, 3.6)
     width = 0.8 / max(1, len(systems))
     for number, (backbone, corpus) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), number)
@@ -150,8 +155,8 @@ def tertile_bars(results: pd.DataFrame, metric: str, path: str | Path) -> Path:
         top = float(np.nanmax(summary["mean"] + summary["std"].fillna(0))) if len(summary) else 1.0
         axes.set_ylim(0, 1 if metric == "bc" or not np.isfinite(top) else min(1.0, 1.25 * top))
         axes.set_title(f"{_short(backbone)} · {corpus}", fontsize=9)
-        if number == 1:
-            axes.legend(fontsize=7, ncol=2)
+        if number == len(panels):
+            _legend_beside(axes)
     return _save(figure, path)
 
 

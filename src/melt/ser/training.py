@@ -228,8 +228,9 @@ def validation_split(
 
     Speaker-independent: speakers in a seeded random order join the validation set while it stays within
     `fraction` of the rows, until it holds at least that share; when every speaker alone is larger, the smallest
-    speaker is taken. Without speakers (or with fewer than two) a random `fraction` of the rows is used, and the
-    description says that this is not speaker-independent.
+    speaker is taken. Rows without a speaker (e.g. MSP-Podcast's "Unknown") stay in training: they may be anyone,
+    so none of them can be held out as an unseen speaker. Without speakers (or with fewer than two known ones) a
+    random `fraction` of the rows is used, and the description says that this is not speaker-independent.
     """
     n = 0 if speakers is None else len(speakers)
     rng = np.random.default_rng([seed, 7])
@@ -237,8 +238,8 @@ def validation_split(
     if fraction <= 0 or n == 0:
         return mask, "none"
     names = pd.Series(list(speakers), dtype="string")
-    counts = names.value_counts()
-    if len(counts) < 2 or names.isna().any():
+    counts = names.value_counts()  # known speakers only
+    if len(counts) < 2:
         size = max(1, round(fraction * n)) if n > 1 else 0
         mask[rng.permutation(n)[:size]] = True
         return (
@@ -256,5 +257,28 @@ def validation_split(
             total += int(counts[speaker])
     if not chosen:
         chosen = [str(counts.sort_values(kind="stable").index[0])]
-    mask = names.isin(chosen).to_numpy()
-    return mask, f"speakers {', '.join(sorted(chosen))}"
+    mask = names.isin(chosen).fillna(False).to_numpy(dtype=bool)
+    unknown = int(names.isna().sum())
+    kept = f" ({unknown} rows without a speaker kept in training)" if unknown else ""
+    return mask, f"speakers {', '.join(sorted(chosen))}{kept}"
+
+
+def held_out_rows(
+    rows: pd.DataFrame, settings: TrainSettings, validation_speakers: list[str] | None, *, source: object
+) -> tuple[np.ndarray, str]:
+    """The validation mask of `rows` and its rule: the given speakers, or `validation_split`'s seeded choice."""
+    speakers = rows["speaker"] if "speaker" in rows.columns else None
+    if validation_speakers is not None and speakers is not None:
+        is_validation = speakers.astype("string").isin(validation_speakers).fillna(False).to_numpy()
+        rule = f"speakers {', '.join(sorted(validation_speakers))} (given)"
+    else:
+        is_validation, rule = validation_split(
+            None if speakers is None else speakers.tolist(),
+            fraction=settings.validation_fraction,
+            seed=settings.seed,
+        )
+    if is_validation.all():
+        raise MeltError(
+            "the validation speakers hold every training row; nothing left to train on", file=source
+        )
+    return is_validation, rule
