@@ -353,7 +353,9 @@ class Pacer:
                 resume_at = max(resume_at, now + reset)
             else:
                 interval = max(interval, cost * reset / remaining)
-        if interval < self.interval or (resume_at < self._resume_at and self._resume_at > now):
+        # Only pacing lifted altogether wakes the paced requests: waking them on every easing of a pace that
+        # replies move up and down would send their slots at once, in a burst the limit refuses.
+        if (interval == 0 < self.interval) or (resume_at < self._resume_at and self._resume_at > now):
             self._next = now
             self.relaxed.set()
             self.relaxed = asyncio.Event()
