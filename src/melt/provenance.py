@@ -62,6 +62,25 @@ def safe_url(url: str) -> str:
     return str(parsed)
 
 
+#: Query parameters whose values are credentials (Azure Functions' `code`, gateways' `key`, signed URLs' `sig`).
+_SECRET_PARAMETER = re.compile(r"key|token|secret|pass|auth|sig|code|credential", re.IGNORECASE)
+
+
+def identity_url(url: str) -> str:
+    """`url` as a run folder's identity records it: without credentials, its query kept (`?api-version=` or a
+    gateway's routing decide the replies) but for the values of parameters named like credentials."""
+    from yarl import URL
+
+    parsed = URL(url)
+    if parsed.user is not None or parsed.password is not None:
+        parsed = parsed.with_user(None).with_password(None)
+    if parsed.query_string:
+        parsed = parsed.with_query(
+            [(k, "***" if _SECRET_PARAMETER.search(k) else v) for k, v in parsed.query.items()]
+        )
+    return str(parsed)
+
+
 def _safe_argument(argument: str) -> str:
     if "://" not in argument:
         return argument
@@ -223,6 +242,7 @@ __all__ = [
     "command_line",
     "describe_input",
     "file_sha256",
+    "identity_url",
     "record",
     "running_command",
     "safe_url",

@@ -42,9 +42,11 @@ def test_a_malformed_reply_fails_its_row_with_the_reason_and_is_re_asked_by_a_re
     assert good["status"] == "ok" and good["emotion"] == expected_emotion(GOOD)
     # The same reply would come again: it is not retried within the run ...
     assert len(asked(server, bad_text)) == 1
-    # ... not billed, and not a finished request of the folder.
+    # ... and not a finished request of the folder. A well-formed usage beside the malformed reply was billed by
+    # the server and counts; a usage that is malformed or absurd is not billed.
     assert first.totals["requests"] == 1
-    spent = first.annotations["cost_usd"][1] + probe_cost(tmp_path / "run")
+    assert (bad["cost_usd"] > 0) is (marker in ("[[content-object]]", "[[choices-string]]"))
+    spent = first.annotations["cost_usd"].sum() + probe_cost(tmp_path / "run")
     assert first.stats.cost_usd == pytest.approx(spent)
 
     second = run_annotation(table, fast_config(server), tmp_path / "run")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from melt import terminal

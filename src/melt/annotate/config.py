@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from melt.corpus.labels import MELT_LABEL_SET, LabelSet
 from melt.errors import MeltError
@@ -129,6 +129,14 @@ class AnnotateConfig(BaseModel):
             raise ValueError("audio_token_rates: tokens per second must be positive")
         return self
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_a_list(cls, value: Any) -> Any:
+        # A bare list of labels is the common case, in YAML and in Python alike.
+        if isinstance(value, list | tuple):
+            return LabelSet.from_labels(value)
+        return value
+
     @classmethod
     def load(
         cls, path: str | Path | None = None, *, recorded: dict[str, Any] | None = None, **overrides: Any
@@ -149,9 +157,6 @@ class AnnotateConfig(BaseModel):
             data.update(loaded)
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            labels = data.get("labels")
-            if isinstance(labels, list):  # a bare list of labels is the common case
-                data["labels"] = LabelSet.from_labels(labels).model_dump()
             return cls.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(

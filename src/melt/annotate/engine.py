@@ -372,35 +372,49 @@ class Pacer:
 
     With plenty left, nothing is paced. Below a low-water mark, requests go out at the rate the server refills
     its limit: (limit - remaining) / reset for a bucket that refills continuously (OpenAI's `reset` is the time
-    until the limit is whole again), or remaining / reset when the server does not give its limit."""
+    until the limit is whole again), or remaining / reset when the server does not give its limit. With nothing
+    left and no limit given, requests wait until the limit is whole again, `reset` from now, and then go (not
+    one per reset time). A reply saying there is room again ends every wait at once (`relaxed`)."""
 
     def __init__(self) -> None:
         self.interval = 0.0
         self._next = 0.0
+        self._resume_at = 0.0
         self.tokens_per_request = 0.0
+        #: set (and replaced) whenever the pace becomes less strict: paced requests look again
+        self.relaxed = asyncio.Event()
 
     def observe(self, state: RateLimitState | None, in_flight: int) -> None:
         if state is None:
             return
-        interval = 0.0
+        interval = resume_at = 0.0
+        now = time.monotonic()
         for kind, (limit, remaining, reset) in state.kinds.items():
             cost = 1.0 if kind == "requests" else self.tokens_per_request
-            if cost <= 0 or remaining >= 2 * cost * max(in_flight, 1) + cost:
+            if cost <= 0 or remaining >= 2 * cost * max(in_flight, 1) + cost or reset <= 0:
                 continue
-            if limit is not None and limit > remaining and reset > 0:
-                rate = (limit - remaining) / reset
-            elif reset > 0:
-                rate = max(remaining, 1.0) / reset
+            if limit is not None and limit > remaining:
+                interval = max(interval, cost * reset / (limit - remaining))
+            elif remaining < cost:
+                resume_at = max(resume_at, now + reset)
             else:
-                continue
-            interval = max(interval, cost / rate)
+                interval = max(interval, cost * reset / remaining)
+        # Only pacing lifted altogether wakes the paced requests: waking them on every easing of a pace that
+        # replies move up and down would send their slots at once, in a burst the limit refuses.
+        if (interval == 0 < self.interval) or (resume_at < self._resume_at and self._resume_at > now):
+            self._next = now
+            self.relaxed.set()
+            self.relaxed = asyncio.Event()
         self.interval = interval
+        self._resume_at = resume_at
 
     def delay(self) -> float:
         """Seconds the next request waits; reserves its slot."""
+        now = time.monotonic()
+        if self._resume_at > now:
+            return self._resume_at - now
         if self.interval <= 0:
             return 0.0
-        now = time.monotonic()
         at = max(now, self._next)
         self._next = at + self.interval
         return at - now
@@ -450,6 +464,10 @@ class Annotator:
         self.pacer = Pacer()
         self._profile: asyncio.Future[None] | None = None
         self._reserved = 0.0
+        #: requests holding a reservation of budget
+        self._reservations = 0
+        #: whether a request to an utterance has come back (its usage tells the tokens per character)
+        self._answered = False
         # The worst case of the requests taken by the dispatcher: spent as far as the budget is concerned.
         self._committed = 0.0
         # Set whenever a request gives back its reservation, so requests waiting for budget look again.
@@ -634,8 +652,7 @@ class Annotator:
             return
         if route == "take":
             reservation = await self._reserve(outgoing.request, self.dispatch.price)
-            self._reserved -= reservation
-            self._committed += reservation
+            self._release(reservation, price=self.dispatch.price, spent=True)
             self.dispatch.take(outgoing)
         self.stats.deferred += 1
         raise _Deferred
@@ -690,14 +707,11 @@ class Annotator:
             return
 
     def probe_request(self, messages: list[dict[str, Any]], level: str | None = None) -> ChatRequest:
-        """A tiny request (16 tokens at most, temperature 0, no logprobs) at answer format `level` (default: the
-        run's), for finding out what a server takes."""
+        """A tiny request (16 tokens at most, no logprobs) at answer format `level` (default: the run's), for
+        finding out what a server takes. At the run's own temperature (its first annotator's): some models take
+        only their default (OpenAI's reasoning models)."""
         request = chat_request(
-            self.config,
-            self._schema_format,
-            messages,
-            Variant(0.0, self.config.seed),
-            level or self.format_level,
+            self.config, self._schema_format, messages, self.variants[0], level or self.format_level
         )
         return dataclasses.replace(request, max_tokens=16, logprobs=False, top_logprobs=None)
 
@@ -711,8 +725,7 @@ class Annotator:
         try:
             reply = await self.backend.complete(request)
         finally:
-            self._reserved -= reservation
-            self._budget_freed.set()
+            self._release(reservation)
         if implausible_usage(request, reply) is None:
             cost = self._cost(reply)
             key, request_json = stored_key(self.backend.model, request, 0)
@@ -755,9 +768,7 @@ class Annotator:
                     raise _Stopped
                 sent_in = await self.limit.acquire()
                 try:
-                    delay = self.pacer.delay()
-                    if delay:
-                        await self._sleep(delay)
+                    await self._pace()
                     attempts += 1
                     self.stats.sent += 1
                     reply = await self.backend.complete(request)
@@ -783,7 +794,9 @@ class Annotator:
                     continue
                 except RequestFailed as exc:
                     self.limit.release()
-                    self._give_up(exc.reason, utterance, sample, turn, key, request_json, attempts, started)
+                    billed = self._bill_failed(request, exc, outcome)
+                    self._give_up(exc.reason, utterance, sample, turn, key, request_json, attempts, started,
+                                  billed)  # fmt: skip
                 except BaseException:
                     self.limit.release()
                     raise
@@ -792,8 +805,8 @@ class Annotator:
                 self.pacer.observe(reply.rate_limits, self.limit.in_flight)
                 break
         finally:
-            self._reserved -= reservation
-            self._budget_freed.set()
+            self._release(reservation)
+            self._answered = True
         absurd = implausible_usage(request, reply)
         if absurd is not None:
             self._give_up(absurd, utterance, sample, turn, key, request_json, attempts, started)
@@ -816,6 +829,22 @@ class Annotator:
         return StoredReply(reply.content, reply.prompt_tokens, reply.completion_tokens, cost,
                            reply.finish_reason, reply.logprobs)  # fmt: skip
 
+    def _bill_failed(
+        self, request: ChatRequest, exc: RequestFailed, outcome: SampleOutcome
+    ) -> tuple[int, int, float | None]:
+        """Count what a request that failed was billed (a reply that is no chat completion, with its usage):
+        --max-cost must see the money go. Absurd counts are not billed, as for a reply."""
+        billed = ChatReply("", exc.prompt_tokens, exc.completion_tokens)
+        if not (billed.prompt_tokens or billed.completion_tokens) or implausible_usage(request, billed):
+            return 0, 0, None
+        cost = self.price.cost(billed.prompt_tokens, billed.completion_tokens) if self.price else None
+        self._count(billed.prompt_tokens, billed.completion_tokens, cost)
+        self._account(outcome, billed.prompt_tokens, billed.completion_tokens, cost)
+        if billed.prompt_tokens:
+            chars = sum(len(m.get("content", "")) for m in request.messages)
+            self._tokens_per_char = max(self._tokens_per_char, billed.prompt_tokens / max(chars, 1))
+        return billed.prompt_tokens, billed.completion_tokens, cost
+
     async def _retry_or_give_up(
         self, exc: RetryableError, attempts: int, utterance: Utterance, sample: int, turn: int, key: str,
         request_json: str, started: float,
@@ -836,11 +865,12 @@ class Annotator:
 
     def _give_up(
         self, reason: str, utterance: Utterance, sample: int, turn: int, key: str, request_json: str,
-        attempts: int, started: float,
+        attempts: int, started: float, billed: tuple[int, int, float | None] = (0, 0, None),
     ) -> None:  # fmt: skip
         self.stats.failed += 1
         self.store.put_failed(key, utterance_id=utterance.id, sample=sample, turn=turn, request_json=request_json,
-                              error=reason, attempts=attempts, started=started)  # fmt: skip
+                              error=reason, attempts=attempts, started=started, prompt_tokens=billed[0],
+                              completion_tokens=billed[1], cost_usd=billed[2])  # fmt: skip
         raise _GaveUp(reason)
 
     def _count(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
@@ -867,22 +897,54 @@ class Annotator:
             return 0.0
         chars = text_chars(request.messages)
         audio = math.ceil(audio_seconds(request.messages) * (self.audio_tokens_per_second or 0))
-        prompt = math.ceil(chars * self._tokens_per_char) + 16 + audio
-        worst = price.cost(prompt, request.max_tokens or 0, audio)
         while True:
+            # Estimated again after each wait: the replies meanwhile may have shown the text to be denser.
+            prompt = math.ceil(chars * self._tokens_per_char) + 16 + audio
+            worst = price.cost(prompt, request.max_tokens or 0, audio)
             if self.stats.stopped_by_budget:
                 raise _OutOfBudget
             if self.stopping:
                 raise _Stopped
+            # Until a first reply has said how many tokens the text makes (Chinese text makes about one per
+            # character, ten times English), one request at a time: a first wave reserved at a guess could
+            # spend several times the budget.
+            first = self._answered or not self._reservations
             spent = (self.stats.cost_usd or 0.0) + self._committed
-            if spent + self._reserved + worst <= self.config.max_cost:
+            if first and spent + self._reserved + worst <= self.config.max_cost:
                 self._reserved += worst
+                self._reservations += 1
                 return worst
-            if self._reserved <= 0:
+            if not self._reservations:
                 self.stats.stopped_by_budget = True
                 raise _OutOfBudget
             self._budget_freed.clear()
             await self._budget_freed.wait()
+
+    def _release(self, reservation: float, *, price: Price | None = None, spent: bool = False) -> None:
+        """Give back a request's reservation (reserved at `price`), or with `spent` count it as spent (a request
+        the dispatcher took); requests waiting for budget look again."""
+        if self.config.max_cost is not None and (price or self.price) is not None:  # `_reserve` counted it
+            self._reservations -= 1
+            # Counted, not judged by the float sum, which subtraction may leave a hair above zero.
+            self._reserved = self._reserved - reservation if self._reservations else 0.0
+            if spent:
+                self._committed += reservation
+        self._budget_freed.set()
+
+    async def _pace(self) -> None:
+        """Wait as the pacer asks; when a reply says there is room again meanwhile, look again at once."""
+        while (delay := self.pacer.delay()) > 0:
+            relaxed = asyncio.ensure_future(self.pacer.relaxed.wait())
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            try:
+                await asyncio.wait((relaxed, stopped), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                relaxed.cancel()
+                stopped.cancel()
+            if self.stopping:
+                raise _Stopped
+            if not relaxed.done() or relaxed.cancelled():
+                return  # waited its whole delay
 
     async def pause(self, seconds: float) -> bool:
         """Wait `seconds` between runs (batches in progress); False, at once, when the run stops meanwhile."""

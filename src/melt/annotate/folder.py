@@ -45,6 +45,14 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        try:
+            return self._acquire()
+        except OSError as exc:  # a full disk, a read-only folder: one line naming the lock file
+            raise MeltError(
+                f"cannot take the run folder's lock: {exc.strerror or exc}", file=self.path
+            ) from exc
+
+    def _acquire(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -73,8 +81,12 @@ class RunLock:
         else:
             raise MeltError("cannot take the run folder's lock: it keeps being replaced", file=self.path)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 
@@ -128,9 +140,9 @@ def prompt_name(template: str) -> str:
 def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the replies of a run (an `AnnotateConfig`, its `PromptConfig`, the backend's
     `identity()`). Settings that only decide how many are asked, how fast, or at what cost are left out
-    (samples, limit, concurrency, timeouts, retries, the budget; a panel's size and weights). A panel's personas
-    and temperatures and the audio settings are in it only when the run has them, so the identity of a plain
-    run is what it always was."""
+    (samples, limit, concurrency, timeouts, retries, the budget, whether invalid answers are re-asked; a panel's
+    size and weights). A panel's personas and temperatures and the audio settings are in it only when the run
+    has them, so the identity of a plain run is what it always was."""
     from melt.annotate.audio import audio_settings
     from melt.annotate.panel import panel_of
 
@@ -140,14 +152,14 @@ def folder_identity(config: Any, prompt: Any, backend_identity: dict[str, Any]) 
         "prompt_hash": prompt.template_hash(),
         "schema": prompt.schema_kind,
         "labels": list(config.labels.labels),
-        "context_turns": config.context_turns,
+        # Only where the template shows context lines: otherwise the requests are the same whatever the number.
+        "context_turns": config.context_turns if "context" in prompt.load().placeholders() else None,
         "temperature": config.temperature,
         "max_tokens": config.max_tokens,
         "seed": config.seed,
         "logprobs": config.logprobs,
         "top_logprobs": config.top_logprobs if config.logprobs else None,
         "response_format": config.response_format,
-        "repair": config.repair,
     }
     panel = panel_of(config)
     if panel is not None:
@@ -184,7 +196,15 @@ _SETTING_NAMES = {"base_url": "base_url (--base-url)", "model": "model (--model)
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'setting: was X, now Y' for each setting that differs, most telling first."""
     before, now = _flatten(recorded), _flatten(current)
-    changed = [name for name in dict.fromkeys([*now, *before]) if before.get(name) != now.get(name)]
+    # A setting recorded by an older melt that no longer decides replies (e.g. repair) is no difference, nor is
+    # one that it did not record yet while it has no value now. response_format `auto` is what the server takes:
+    # the request keys hold the format actually sent, so a reply of another format is never reused.
+    changed = [
+        name
+        for name in now
+        if before.get(name) != now[name] and (name in before or now[name] is not None)
+        and not (name == "response_format" and "auto" in (before.get(name), now[name]))
+    ]  # fmt: skip
     # The template hash changes with any prompt change; name it only when nothing more precise differs.
     if len(changed) > 1 and "prompt_hash" in changed:
         changed.remove("prompt_hash")
@@ -209,7 +229,9 @@ def check_folder(store: Any, identity: dict[str, Any], *, force: bool = False) -
     if not store.has_replies():
         return None  # nothing to protect (a first attempt that never got a reply, e.g. to a wrong URL)
     changed = differences(recorded, identity)
-    if changed and not force:
+    if not changed:
+        return None  # e.g. response_format auto, where the server's format decides the requests
+    if not force:
         raise MeltError(
             "this run folder holds replies of another configuration: "
             + "; ".join(changed)

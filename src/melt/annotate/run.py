@@ -63,7 +63,7 @@ from melt.llm import choose_backend, make_backend
 from melt.llm.base import Backend, audio_seconds, text_chars
 from melt.llm.openai import OpenAIBackend
 from melt.llm.pricing import AudioRate, Price, audio_rate_of, price_of
-from melt.outputs import check_output_folder, write_together
+from melt.outputs import check_output_file, check_output_folder, write_together
 from melt.prompts import PromptConfig, build_messages, response_format
 
 OUTPUT_COLUMNS: tuple[str, ...] = (
@@ -119,6 +119,8 @@ COLUMN_MEANINGS: dict[str, str] = {
     "model": "the model that answered",
     "prompt": "the prompt template (its full text is in run.json)",
 }
+#: What a run writes in its folder besides the request store, all three together (`_write_outputs`).
+OUTPUT_FILES = ("annotations.parquet", "annotations.csv", "run.json")
 #: Completion tokens assumed per answer for an estimate when the store has no real replies yet: the paper's
 #: JSON answer runs to about 100 tokens; free-text (chain-of-thought) replies run longer.
 TYPICAL_COMPLETION_TOKENS = {False: 120, True: 450}
@@ -306,6 +308,8 @@ def run_annotation(
     prompt = prompt_config(config)
     _check_batch_backend(config)
     out_dir = check_output_folder(out_dir, option="--out")
+    for name in OUTPUT_FILES:
+        check_output_file(out_dir / name, option="--out", suffixes=(Path(name).suffix,))
     if not isinstance(table, pd.DataFrame):
         corpus_path = Path(table)
         table = load_corpus(corpus_path, prompt)
@@ -397,7 +401,7 @@ async def _run(
             )
         # The handlers stay until the outputs are written: a signal then changes nothing, rather than stopping
         # the process between the renames of two tables.
-        with _signals_stop(annotator):
+        with _signals_stop(annotator) as signals:
 
             async def annotate() -> dict[str, list[SampleOutcome]]:
                 if progress:
@@ -409,6 +413,9 @@ async def _run(
             else:
                 outcomes = await annotate_in_batches(session, annotator, annotate)
             annotator.stats.elapsed_s = time.perf_counter() - clock
+            # The last replies are committed before the tables show them: a commit that fails now (a full disk)
+            # stops the run like any other failed write, instead of leaving paid replies out of the store.
+            store.commit()
             if isinstance(annotator.fatal, MeltError) and store.failure is annotator.fatal:
                 raise annotator.fatal  # a full disk: the tables could not be written either
             weights = [variant.weight for variant in annotator.variants]
@@ -443,6 +450,7 @@ async def _run(
                 audio=audio,
             )
             _write_outputs(result, config, prompt, corpus_path, started, replaced)
+            await signals.deliver_pending()
         if annotator.fatal is not None:
             raise annotator.fatal
         return result
@@ -459,10 +467,11 @@ class _signals_stop:
     def __init__(self, annotator: Annotator):
         self.annotator = annotator
         self.installed: list[int] = []
+        self.written = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _signals_stop:
         if threading.current_thread() is not threading.main_thread():
-            return
+            return self
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -470,10 +479,22 @@ class _signals_stop:
             except (NotImplementedError, RuntimeError, ValueError):
                 continue
             self.installed.append(signum)
+        return self
+
+    async def deliver_pending(self) -> None:
+        """Let a signal that came during the final write (which blocks the event loop) reach its handler
+        before the handlers go: dropped, it would end the process as if nobody had asked it to stop."""
+        self.written = True
+        for _ in range(3):  # the loop reads its wake-up pipe, then runs the handler it queued
+            await asyncio.sleep(0)
 
     def _received(self, signum: int) -> None:
         annotator = self.annotator
         name = signal.Signals(signum).name
+        if self.written:
+            annotator.stats.interrupted = annotator.stats.interrupted or name
+            print(f"melt: {name}: the tables and run.json are written; stopping", file=sys.stderr, flush=True)
+            return
         if annotator.stats.interrupted is not None:
             print(f"melt: {name} again: cancelling the requests in flight", file=sys.stderr, flush=True)
             annotator.cancel_in_flight()

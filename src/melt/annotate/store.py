@@ -245,23 +245,12 @@ class RequestStore:
 
     def put_failed(
         self, key: str, *, utterance_id: str, sample: int, turn: int, request_json: str, error: str,
-        attempts: int, started: float,
+        attempts: int, started: float, prompt_tokens: int = 0, completion_tokens: int = 0,
+        cost_usd: float | None = None,
     ) -> None:  # fmt: skip
-        self._put(
-            key,
-            utterance_id,
-            sample,
-            turn,
-            request_json,
-            None,
-            "failed",
-            error,
-            0,
-            0,
-            None,
-            attempts,
-            started,
-        )
+        """Record a request that failed, with what the server billed for it when it said."""
+        self._put(key, utterance_id, sample, turn, request_json, None, "failed", error,
+                  prompt_tokens, completion_tokens, cost_usd, attempts, started)  # fmt: skip
 
     def _put(self, *values: Any) -> None:
         self._write(
@@ -344,9 +333,12 @@ class RequestStore:
         """Requests, tokens and cost of every finished request in the store, over all invocations. `requests`
         counts the utterances' requests, `probes` the tiny requests that found a server's answer format (turn
         -1); tokens and cost include both, since both were paid for."""
+        # Failed requests count with what the server billed for them (a reply that was no chat completion).
         row = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-            "SUM(cost_usd), COUNT(cost_usd), COALESCE(SUM(turn < 0), 0) FROM requests WHERE status = 'done'"
+            "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(prompt_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0), SUM(cost_usd), "
+            "COALESCE(SUM(status = 'done' AND cost_usd IS NULL), 0), COALESCE(SUM(status = 'done' AND turn < 0), 0) "
+            "FROM requests"
         ).fetchone()
         return {
             "requests": row[0] - row[5],
@@ -354,7 +346,7 @@ class RequestStore:
             "prompt_tokens": row[1],
             "completion_tokens": row[2],
             # Unknown only when some finished request has no price; nothing finished yet costs 0.
-            "cost_usd": (row[3] or 0.0) if row[4] == row[0] else None,
+            "cost_usd": (row[3] or 0.0) if row[4] == 0 else None,
         }
 
     def mean_completion_tokens(self) -> float | None:
@@ -383,15 +375,16 @@ def _loads(text: str) -> Any:
 def compact_logprobs(logprobs: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     """OpenAI's token logprobs without their `bytes` arrays, which repeat each token as UTF-8 byte values and
     would make up most of the stored reply."""
-    if not logprobs:
-        return logprobs
+    if not logprobs or not all(isinstance(item, dict) for item in logprobs):
+        return None if logprobs else logprobs
     return [
         {
             "token": item.get("token"),
             "logprob": item.get("logprob"),
             "top_logprobs": [
                 {"token": alt.get("token"), "logprob": alt.get("logprob")}
-                for alt in item.get("top_logprobs") or ()
+                for alt in (item.get("top_logprobs") if isinstance(item.get("top_logprobs"), list) else ())
+                if isinstance(alt, dict)
             ],
         }
         for item in logprobs

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from melt.corpus.labels import LabelSet, _clean
+from melt.llm.openai import valid_text
 from melt.prompts import PromptConfig, answer_model, prompt_labels
 
 #: Every flag a row of annotations.csv can carry (`flags`, `;`-separated), by the name before any `:`, with what
@@ -84,17 +85,18 @@ def _outside_strings(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
         yield i, char
 
 
-def _object_end(text: str, start: int) -> int | None:
-    """Index of the brace closing the one at `start`, skipping braces in JSON strings; None if unclosed."""
-    depth = 0
+def _closing_braces(text: str, start: int) -> tuple[dict[int, int], set[int]]:
+    """From `start` on, skipping braces in JSON strings: the index of the brace closing each opening brace, and
+    the opening braces never closed. One walk finds them all, so a reply of many unclosed braces is read once,
+    not once per brace."""
+    opened: list[int] = []
+    closing: dict[int, int] = {}
     for i, char in _outside_strings(text, start):
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return None
+            opened.append(i)
+        elif char == "}" and opened:
+            closing[opened.pop()] = i
+    return closing, set(opened)
 
 
 def _drop_trailing_commas(text: str) -> str:
@@ -112,15 +114,20 @@ def json_objects(text: str) -> tuple[list[tuple[dict[str, Any], bool]], bool]:
     if stripped[:1] == "{" and stripped[-1:] == "}":
         # The usual reply is one JSON object and nothing else: the brace walk below (a Python loop over every
         # character) would find just that object.
-        with contextlib.suppress(json.JSONDecodeError):
+        with contextlib.suppress(json.JSONDecodeError, RecursionError):
             value = json.loads(stripped)
             if isinstance(value, dict):
                 return [(value, False)], False
     found: list[tuple[dict[str, Any], bool]] = []
     unclosed = False
     position = 0
+    # What a walk from an opening brace outside strings found holds for a walk from any later such brace.
+    closing: dict[int, int] = {}
+    never_closed: set[int] = set()
     while (start := text.find("{", position)) >= 0:
-        end = _object_end(text, start)
+        if start not in closing and start not in never_closed:
+            closing, never_closed = _closing_braces(text, start)
+        end = closing.get(start)
         if end is None:
             unclosed = True
             position = start + 1
@@ -129,8 +136,10 @@ def json_objects(text: str) -> tuple[list[tuple[dict[str, Any], bool]], bool]:
         value, repaired = None, False
         try:
             value = json.loads(candidate)
+        except RecursionError:  # nested beyond the parser's depth: no answer
+            pass
         except json.JSONDecodeError:
-            with contextlib.suppress(json.JSONDecodeError):
+            with contextlib.suppress(json.JSONDecodeError, RecursionError):
                 value, repaired = json.loads(_drop_trailing_commas(candidate)), True
         if isinstance(value, dict):
             found.append((value, repaired))
@@ -201,7 +210,8 @@ def validate_reply(text: str | None, config: PromptConfig, speaker: str | None) 
 
     data = parsed.model_dump()
     elements = data.pop("elements", {})  # the label schema has the emotion alone, at the top
-    answer = {key: str(value).strip() for key, value in {**data, **elements}.items()}
+    # A JSON escape of half a surrogate pair decodes to a string no table can hold.
+    answer = {key: valid_text(str(value).strip()) for key, value in {**data, **elements}.items()}
     flags = ["json_repaired"] if repaired else []
     return _judge_label(answer, config, speaker, flags)
 
@@ -256,7 +266,8 @@ def label_confidence(
     carries no logprobs, no emotion value, or no alternative that names a label."""
     if isinstance(logprobs, dict):  # the whole choices[0].logprobs object
         logprobs = logprobs.get("content")
-    if not logprobs:
+    # A server's logprobs of another shape say nothing about the labels: no confidence, never a crash.
+    if not logprobs or not isinstance(logprobs, list) or not all(isinstance(i, dict) for i in logprobs):
         return None
     tokens = [str(item.get("token") or "") for item in logprobs]
     joined = "".join(tokens)
@@ -275,7 +286,11 @@ def label_confidence(
     prefix = joined[position:value_start]
     label_of = _prefix_matcher(labels.labels, tuple(labels.synonyms.items()))
     mass = dict.fromkeys(labels.labels, 0.0)
-    for alternative in item.get("top_logprobs") or []:
+    alternatives = item.get("top_logprobs")
+    for alternative in alternatives if isinstance(alternatives, list) else ():
+        logprob = alternative.get("logprob") if isinstance(alternative, dict) else None
+        if isinstance(logprob, bool) or not isinstance(logprob, int | float) or not math.isfinite(logprob):
+            continue
         piece = str(alternative.get("token") or "")
         piece = piece[len(prefix) :] if piece.startswith(prefix) else piece.lstrip(' "')
         piece = piece.strip().casefold()
@@ -283,7 +298,7 @@ def label_confidence(
             continue
         label = label_of(piece)
         if label is not None:
-            mass[label] += math.exp(float(alternative["logprob"]))
+            mass[label] += math.exp(min(float(logprob), 0.0))  # a probability is at most 1
     total = sum(mass.values())
     if total == 0:
         return None

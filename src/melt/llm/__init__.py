@@ -64,11 +64,11 @@ class BackendChoice:
         """The identity the backend will report (`identity()` of `melt.llm.base`), without making it: what a dry
         run checks against a run folder. None when it cannot be known (the bundled model is not installed)."""
         if self.kind == "openai":
-            from melt.provenance import safe_url
+            from melt.provenance import identity_url
 
             return {
                 "kind": "openai",
-                "base_url": safe_url(str(self.base_url).rstrip("/")),
+                "base_url": identity_url(str(self.base_url).rstrip("/")),
                 "model": self.model,
             }
         from melt.llm.model_assets import bundled_model_path, cached_sha256, check_gguf

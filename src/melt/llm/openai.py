@@ -43,7 +43,7 @@ from melt.llm.base import (
     RetryableError,
     wire_messages,
 )
-from melt.provenance import safe_url
+from melt.provenance import identity_url, safe_url
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -169,6 +169,9 @@ class OpenAIBackend:
         # Until the server has answered once, a connection that fails means a wrong URL or a server that is not
         # running: that stops the run at once instead of being retried for minutes.
         self._reached = False
+        # Until a chat request has had a JSON reply, a document that is no JSON means --base-url is no OpenAI
+        # server.
+        self._answered = False
         # What this server takes, learnt from its answers (and remembered in the run's store by the engine).
         self.family = "unknown"
         self._slots: int | None = None
@@ -185,7 +188,7 @@ class OpenAIBackend:
     # -- what the engine records and remembers ------------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.name, "base_url": self.base_url, "model": self.model}
+        return {"kind": self.name, "base_url": identity_url(str(self._base)), "model": self.model}
 
     @property
     def max_concurrency(self) -> int | None:
@@ -222,8 +225,18 @@ class OpenAIBackend:
         An unreachable server raises `BackendError` here, before any paid request."""
         try:
             response = await self._request("GET", self._endpoint("models"))
-        except (RetryableError, RequestFailed):
+        except RetryableError as exc:
+            if exc.reason.startswith("connection") and not self._reached:
+                # The first contact, and no HTTP answer: something listens there that is no HTTP server (an SSH
+                # daemon) or shuts the door at once. Retrying would only delay saying so.
+                raise BackendError(
+                    f"{self.base_url} does not answer as an HTTP server ({exc.reason}): is --base-url the "
+                    "address of an OpenAI-compatible server?"
+                ) from exc
             return self.family
+        except RequestFailed:
+            return self.family
+        self._reached = True
         if response.status_code in (401, 403):
             raise BackendError(
                 f"{self.base_url} refused the API key (HTTP {response.status_code}); check ${self._api_key_env}: "
@@ -314,6 +327,10 @@ class OpenAIBackend:
                     ):
                         continue
                     raise ResponseFormatRejected(f"HTTP {status}: {message}")
+                if status in (400, 422) and _content_filtered(response):
+                    raise RequestFailed(
+                        f"the server's content filter refused the prompt (HTTP {status}): {message}"
+                    )
                 if status in (400, 413, 422) and any(w in lowered for w in _CONTEXT_WORDS):
                     raise RequestFailed(f"the prompt is too long for the model (HTTP {status}): {message}")
                 if status == 413:
@@ -480,9 +497,30 @@ class OpenAIBackend:
         try:
             data = _loads(response.content if text is received else text.encode(), text)
         except ValueError as exc:
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            document = "json" not in kind.lower() or response.content.lstrip()[:1] == b"<"
+            if not self._answered and document:
+                # A web page (or any other document) in reply to the first chat completion: not a body cut short.
+                raise BackendError(
+                    f"{self.base_url} answered a chat completion with a body that is not JSON ({kind}): is "
+                    "--base-url the address of an OpenAI-compatible server (often ending in /v1)?"
+                ) from exc
             # A proxy or an overloaded server can cut a body short: worth another (capped) attempt.
             raise RetryableError("malformed reply: the body is not JSON (cut short?)") from exc
-        content, finish_reason, logprobs = parse_completion(data)
+        self._answered = True
+        if self._secrets and ("\\u" in text or "\\/" in text):
+            # JSON escapes (`\u0073k-...`, `\/`) hide a secret from the scrub of the raw text; decoded, it would
+            # reach the tables. The body is scrubbed again as decoded, and kept so.
+            decoded = json.dumps(data, ensure_ascii=False)
+            scrubbed = self.scrub_exact(decoded)
+            if scrubbed != decoded:
+                text, data = scrubbed, json.loads(scrubbed)
+        try:
+            content, finish_reason, logprobs = parse_completion(data)
+        except MalformedReply as exc:
+            # The server billed the request all the same when it says so: --max-cost must count it.
+            exc.prompt_tokens, exc.completion_tokens = _billed(data)
+            raise
         prompt_tokens, completion_tokens = parse_usage(data)
         audio_tokens = parse_audio_tokens(data)
         return ChatReply(
@@ -503,9 +541,9 @@ class OpenAIBackend:
             text = error.get("message") if isinstance(error, dict) else str(error or response.text)
             if isinstance(error, dict) and error.get("code") == "context_length_exceeded":
                 text = f"context_length_exceeded: {text}"
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             text = response.text
-        return self.scrub(" ".join(str(text).split())[:300])
+        return self.scrub(valid_text(" ".join(str(text).split())[:300]))
 
     def scrub_exact(self, text: str) -> str:
         """`text` with the API key and the base URL's credentials replaced by ***."""
@@ -538,7 +576,7 @@ def parse_completion(data: Any) -> tuple[str, str | None, list[dict[str, Any]] |
     choices = data.get("choices")
     if not isinstance(choices, list):
         error = data.get("error")
-        said = f" (the server said: {str(error)[:200]})" if error else ""
+        said = f" (the server said: {valid_text(str(error)[:200])})" if error else ""
         raise MalformedReply(f"malformed reply: choices is not a list{said}")
     if not choices or not isinstance(choices[0], dict):
         raise MalformedReply("malformed reply: no choice in choices")
@@ -557,12 +595,23 @@ def parse_completion(data: Any) -> tuple[str, str | None, list[dict[str, Any]] |
         raise MalformedReply(
             f"malformed reply: message content is not text but a JSON {type(content).__name__}"
         )
+    content = valid_text(content)
     finish_reason = choice.get("finish_reason")
     raw_logprobs = choice.get("logprobs")
     logprobs = raw_logprobs.get("content") if isinstance(raw_logprobs, dict) else None
     if not isinstance(logprobs, list):
         logprobs = None
     return content, finish_reason if isinstance(finish_reason, str) else None, logprobs
+
+
+def valid_text(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (JSON allows `\\ud83d` alone) replaced by U+FFFD: no table, request
+    or store can encode them."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def parse_usage(data: dict[str, Any]) -> tuple[int, int]:
@@ -598,6 +647,24 @@ def parse_audio_tokens(data: dict[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         return 0
     return int(value)
+
+
+def _content_filtered(response: _Response) -> bool:
+    """Whether an error says the provider's content filter refused this prompt (OpenAI's and Azure OpenAI's
+    `code: content_filter`): that prompt fails, the others go on."""
+    try:
+        error = json.loads(response.content).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(error, dict) and error.get("code") in ("content_filter", "content_policy_violation")
+
+
+def _billed(data: Any) -> tuple[int, int]:
+    """The token counts of a reply that is no chat completion, when its `usage` is well formed; else (0, 0)."""
+    try:
+        return parse_usage(data) if isinstance(data, dict) else (0, 0)
+    except MalformedReply:
+        return 0, 0
 
 
 # -- transport ---------------------------------------------------------------------------------------------------
@@ -713,7 +780,10 @@ def _loads(content: bytes, text: str) -> Any:
     try:
         return orjson.loads(content)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError as exc:  # orjson refuses it too: nesting no reply needs
+            raise ValueError("JSON nested too deeply") from exc
 
 
 # -- what the server says about waiting ----------------------------------------------------------------------------
