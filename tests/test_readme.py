@@ -379,7 +379,7 @@ PREPARED: dict[str, Prepared] = {
         "a local OpenAI-compatible server (vLLM, Ollama, llama.cpp): the loopback server in its place",
         replace=lambda tour: (LOCAL_SERVER, tour.server.base_url),
     ),
-    "--batch": Prepared(
+    "--out out/gpt4o-b/ --limit 100 --batch": Prepared(
         "a paid API with the Batch API: the loopback batch server; the batch is submitted, not yet done",
         env=lambda tour: {"OPENAI_BASE_URL": tour.server.base_url},
         codes={3},
@@ -395,7 +395,8 @@ PREPARED: dict[str, Prepared] = {
 
 
 def prepared_for(line: str) -> Prepared | None:
-    """The entry of the longest key in `line` (the most specific: `--batch` before `OPENAI_API_KEY=...`)."""
+    """The entry of the longest key in `line`: the most specific (a batch line's own entry, not the one of
+    every `OPENAI_API_KEY=...` line)."""
     found = sorted((key for key in PREPARED if key in line), key=len)
     return PREPARED[found[-1]] if found else None
 

@@ -259,4 +259,4 @@ def test_help_names_the_batch_options_with_their_choices_and_defaults():
     text = " ".join(result.stdout.split())
     for option in ("--batch", "--live", "--wait", "--batch-repair", "--cancel-batch"):
         assert option in text
-    assert "batch|live" in text and "next batch (default)" in text
+    assert "<batch|live>" in text and "[default: batch]" in text

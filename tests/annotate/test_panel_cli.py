@@ -197,7 +197,7 @@ def test_dry_run_prints_audio_tokens_and_an_unknown_rate(tmp_path, voices):
         (("--panel", "scaling-ambiguity", "--samples", "3"), "--samples does not apply to a panel"),
         (("--panel", "nonsense"), "neither a built-in panel"),
         (("--annotators", "4"), "give the panel too"),
-        (("--panel", "scaling-ambiguity", "--long-audio", "chop"), "--long-audio takes trim or split"),
+        (("--panel", "scaling-ambiguity", "--long-audio", "chop"), "Invalid value for '--long-audio'"),
         (("--panel", "scaling-ambiguity", "--annotators", "0"), "annotators: Input should be greater than"),
         (("--panel", "scaling-ambiguity", "--max-audio-seconds", "0"), "max_audio_seconds"),
         (("--panel", "{bad}"), "bad.yaml"),
@@ -220,5 +220,5 @@ def test_help_lists_choices_and_defaults():
     result = run([sys.executable, "-m", "melt", "annotate", "--help"])
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "[scaling-ambiguity|FILE.yaml]" in text and "[trim|split]" in text
-    assert "(default 30)" in text and "8 for scaling-ambiguity" in text
+    assert "[scaling-ambiguity|FILE.yaml]" in text and "<trim|split>" in text
+    assert "[default: 30.0]" in text and "8 for scaling-ambiguity" in text

@@ -28,7 +28,8 @@ def annotate_command(
         None,
         "--out",
         "-o",
-        help="Run folder: request store, annotations, run.json (required unless CORPUS is a run folder).",
+        help="Run folder: request store, annotations, run.json.",
+        show_default="required, unless CORPUS is a run folder",
     ),
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML file of settings; flags override it.", show_default="none"
@@ -104,8 +105,8 @@ def annotate_command(
         help="Use OUT although its replies came from another server, model or prompt settings (replies are "
         "reused only where the request is the same).",
     ),
-    batch: bool | None = typer.Option(
-        None,
+    batch: bool = typer.Option(
+        False,
         "--batch/--live",
         help="Send the requests through OpenAI's Batch API: half the price, results within 24 h; the command "
         "submits and exits (status 3), rerun it to collect. --live: as live requests (the default).",
@@ -116,10 +117,10 @@ def annotate_command(
         help="Wait for the batches in progress (checking every 10 s, then less often, up to 5 min) and finish "
         "in this invocation.",
     ),
-    batch_repair: Literal["batch", "live"] | None = typer.Option(
-        None,
+    batch_repair: Literal["batch", "live"] = typer.Option(
+        "batch",
         "--batch-repair",
-        help="Re-asks of invalid batch answers: in the next batch (default), or live at once (live price).",
+        help="Re-asks of invalid batch answers: in the next batch, or live at once (live price).",
     ),
     cancel_batch: bool = typer.Option(
         False,
@@ -130,13 +131,14 @@ def annotate_command(
     panel: str | None = typer.Option(
         None,
         "--panel",
+        show_default="none",
         metavar="[scaling-ambiguity|FILE.yaml]",
         help="Ask a panel of simulated annotators for one label each, and write their votes to "
         "OUT/votes.parquet. scaling-ambiguity: 5 focus instructions and 5 temperature bands by annotator "
         "(Scaling Ambiguity), 8 annotators; or a panel file with its own personas, temperatures, weights and N.",
     ),
     annotators: int | None = typer.Option(
-        None, "--annotators", help="Panel size N (default: the panel's own; 8 for scaling-ambiguity)."
+        None, "--annotators", help="Panel size N.", show_default="the panel's own: 8 for scaling-ambiguity"
     ),
     audio: bool = typer.Option(
         False,
@@ -144,14 +146,13 @@ def annotate_command(
         help="Send each utterance's recording (corpus column 'audio') with its transcript, as 16 kHz mono WAV "
         "in an input_audio part; needs a server with an audio-language model.",
     ),
-    max_audio_seconds: float | None = typer.Option(
-        None, "--max-audio-seconds", help="Longest audio sent in one piece, in seconds (default 30)."
+    max_audio_seconds: float = typer.Option(
+        30.0, "--max-audio-seconds", help="Longest audio sent in one piece, in seconds."
     ),
-    long_audio: str | None = typer.Option(
-        None,
+    long_audio: Literal["trim", "split"] = typer.Option(
+        "trim",
         "--long-audio",
-        metavar="[trim|split]",
-        help="Audio longer than --max-audio-seconds: trim (default: send its start) or split (consecutive "
+        help="Audio longer than --max-audio-seconds: trim (send its start) or split (consecutive "
         "pieces, all in the one message, at most 10).",
     ),
     allow_ignored_audio: bool = typer.Option(
@@ -187,8 +188,6 @@ def annotate_command(
                     f"--{flag} does not apply to a panel: each annotator has its own temperature and answers once, "
                     "with the panel's template and one label (set them in a panel file)"
                 )
-    if long_audio is not None and long_audio not in ("trim", "split"):
-        raise MeltError(f"--long-audio takes trim or split, not {long_audio!r}")
 
     table, out, recorded = resolve_run_folder(corpus, out, need_corpus=not cancel_batch)
     # Flags left at their defaults override neither the --config file nor what a run folder recorded.
