@@ -51,17 +51,20 @@ def corpus(n: int) -> pd.DataFrame:
     return conform(pd.DataFrame(rows))
 
 
-def start_server(latency: float, folder: Path) -> tuple[subprocess.Popen, str]:
-    port_file = folder / "port"
+def start_server(
+    folder: Path, *options: str, script: str = "openai_server.py", name: str = "loopback"
+) -> tuple[subprocess.Popen, str]:
+    """A loopback server of tests/ (`script`, with `options`) in its own process, and its base URL."""
+    port_file = folder / f"{name}.port"
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "openai_server.py"), "--latency", str(latency),
-         "--port-file", str(port_file), "--log", str(folder / "server.jsonl")],
+        [sys.executable, str(REPO / "tests" / script), "--port-file", str(port_file), *options],
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
+        env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )
+    deadline = time.monotonic() + 60
     while not port_file.exists():
         if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the loopback server did not start")
+            raise SystemExit(f"the loopback server {name} did not start")
         time.sleep(0.02)
     return server, f"http://127.0.0.1:{port_file.read_text()}/v1"
 
@@ -102,7 +105,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="melt-bench-") as tmp:
         folder = Path(tmp)
-        server, base_url = start_server(args.latency, folder)
+        server, base_url = start_server(
+            folder, "--latency", str(args.latency), "--log", str(folder / "server.jsonl")
+        )
         try:
             sequential = table.head(args.sequential_utterances) if args.sequential_utterances else table
             results = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,23 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from annotate_throughput import corpus  # noqa: E402
+from annotate_throughput import corpus, start_server  # noqa: E402
 from melt.annotate import AnnotateConfig, run_annotation  # noqa: E402
-
-
-def start_server(folder: Path, in_progress: float) -> tuple[subprocess.Popen, str]:
-    port_file = folder / "port"
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "batch_server.py"), "--port-file", str(port_file),
-         "--in-progress", str(in_progress)],
-        stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the loopback server did not start")
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port_file.read_text()}/v1"
 
 
 def measure(table, config: AnnotateConfig, out: Path) -> dict:
@@ -61,7 +45,9 @@ def main() -> None:
     table = corpus(args.utterances)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        server, base_url = start_server(folder, args.in_progress)
+        server, base_url = start_server(
+            folder, "--in-progress", str(args.in_progress), script="batch_server.py"
+        )
         try:
             common = {"base_url": base_url, "model": "gpt-4o-2024-08-06", "timeout": 60.0}
             live = measure(table, AnnotateConfig(**common, concurrency=args.concurrency), folder / "live")

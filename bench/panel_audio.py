@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,9 @@ import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
 
+sys.path.insert(0, str(REPO / "bench"))
+
+from annotate_throughput import start_server  # noqa: E402
 from melt.annotate import AnnotateConfig, run_annotation  # noqa: E402
 from melt.corpus.schema import conform  # noqa: E402
 
@@ -42,21 +44,6 @@ def corpus(n: int, seconds: float, folder: Path) -> pd.DataFrame:
         rows.append({"id": f"utt{i:04d}", "speaker": f"S{i % 4}", "text": f"Line {i}: we were on a break.",
                      "audio": str(path)})  # fmt: skip
     return conform(pd.DataFrame(rows))
-
-
-def start_server(latency: float, folder: Path) -> tuple[subprocess.Popen, str]:
-    port_file = folder / "port"
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "openai_server.py"), "--latency", str(latency),
-         "--port-file", str(port_file), "--log", str(folder / "server.jsonl")],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the loopback server did not start")
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port_file.read_text()}/v1"
 
 
 def measure(table: pd.DataFrame, base_url: str, args: argparse.Namespace, folder: Path, audio: bool) -> dict:
@@ -84,7 +71,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="melt-bench-") as tmp:
         folder = Path(tmp)
         table = corpus(args.utterances, args.seconds, folder)
-        server, base_url = start_server(args.latency, folder)
+        server, base_url = start_server(
+            folder, "--latency", str(args.latency), "--log", str(folder / "server.jsonl")
+        )
         try:
             text = measure(table, base_url, args, folder, audio=False)
             audio = measure(table, base_url, args, folder, audio=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,22 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from annotate_throughput import corpus  # noqa: E402
+from annotate_throughput import corpus, start_server  # noqa: E402
 from melt.annotate import AnnotateConfig, run_annotation  # noqa: E402
-
-
-def start_server(folder: Path, name: str, *options: str) -> tuple[subprocess.Popen, str]:
-    port_file = folder / f"{name}.port"
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "openai_server.py"), "--port-file", str(port_file), *options],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the loopback server for {name} did not start")
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port_file.read_text()}/v1"
 
 
 def measure(name: str, table, base_url: str, concurrency: int, folder: Path) -> dict:
@@ -100,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="melt-bench-") as tmp:
         folder = Path(tmp)
         for i, (name, options) in enumerate(scenarios.items()):
-            server, base_url = start_server(folder, f"s{i}", *options)
+            server, base_url = start_server(folder, *options, name=f"s{i}")
             try:
                 results.append(measure(f"s{i}", table, base_url, args.concurrency, folder) | {"name": name})
             finally:
