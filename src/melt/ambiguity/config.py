@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from melt.corpus.labels import MELT_LABEL_SET, LabelSet
-from melt.errors import MeltError
+from melt.settings import load_settings
 
 
 class AmbiguityConfig(BaseModel):
@@ -32,30 +31,15 @@ class AmbiguityConfig(BaseModel):
     saturation_draws: int = Field(5, ge=1, description="random sub-panels per panel size")
     ece_bins: int = Field(10, ge=1, description="equal-width confidence bins of ECE")
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_a_list(cls, value: Any) -> Any:
+        return LabelSet.from_setting(value)
+
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> AmbiguityConfig:
         """The YAML file's settings (or the defaults), with `overrides` that are not None on top."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise MeltError("config file not found", file=path)
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as exc:
-                raise MeltError(f"not valid YAML ({exc})", file=path) from exc
-            if not isinstance(data, dict):
-                raise MeltError("expected a mapping of settings", file=path)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            if isinstance(data.get("labels"), list | tuple):  # a bare list of labels is the common case
-                data["labels"] = LabelSet.from_labels(data["labels"])
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-            )
-            raise MeltError(f"invalid ambiguity settings: {problems}", file=path) from exc
+        return load_settings(cls, path, what="ambiguity settings", **overrides)
 
     def public(self) -> dict[str, Any]:
         """The settings as summary.json records them."""

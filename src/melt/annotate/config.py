@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from melt.corpus.labels import MELT_LABEL_SET, LabelSet
-from melt.errors import MeltError
 from melt.llm.pricing import Price
+from melt.settings import load_settings
 
 #: The paper's model, asked of OpenAI-compatible servers when no --model is given.
 DEFAULT_SERVER_MODEL = "gpt-4o-2024-08-06"
@@ -132,10 +131,7 @@ class AnnotateConfig(BaseModel):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels_as_a_list(cls, value: Any) -> Any:
-        # A bare list of labels is the common case, in YAML and in Python alike.
-        if isinstance(value, list | tuple):
-            return LabelSet.from_labels(value)
-        return value
+        return LabelSet.from_setting(value)
 
     @classmethod
     def load(
@@ -143,26 +139,7 @@ class AnnotateConfig(BaseModel):
     ) -> AnnotateConfig:
         """The YAML file's settings (or the defaults), with `overrides` that are not None on top; `recorded`
         (the settings a run folder's run.json recorded) under both."""
-        data: dict[str, Any] = dict(recorded or {})
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise MeltError("config file not found", file=path)
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as exc:
-                raise MeltError(f"not valid YAML ({exc})", file=path) from exc
-            if not isinstance(loaded, dict):
-                raise MeltError("expected a mapping of settings", file=path)
-            data.update(loaded)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-            )
-            raise MeltError(f"invalid annotation settings: {problems}", file=path) from exc
+        return load_settings(cls, path, under=recorded, what="annotation settings", **overrides)
 
     def public(self) -> dict[str, Any]:
         """The settings as recorded in run.json: a base URL without its credentials."""

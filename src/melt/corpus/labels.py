@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, Field, model_validator
@@ -113,6 +114,12 @@ class LabelSet(BaseModel):
         merged = {k: v for k, v in MELT_SYNONYMS.items() if v in cleaned}
         merged.update(synonyms or {})
         return cls(labels=cleaned, synonyms=merged)
+
+    @classmethod
+    def from_setting(cls, value: Any) -> Any:
+        """A settings field's value (pydantic "before" validator): a bare list of labels, the common case in YAML
+        and in Python alike, as a label set; anything else as it is, for the model to validate."""
+        return cls.from_labels(value) if isinstance(value, list | tuple) else value
 
 
 MELT_LABEL_SET = LabelSet()

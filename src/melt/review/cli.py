@@ -97,7 +97,7 @@ def review_export(
     """
     from melt.outputs import check_output_folder
     from melt.review.export import ExportSettings, export_review
-    from melt.review.settings import load_settings
+    from melt.settings import load_settings
 
     check_output_folder(out)
     given = terminal.options_given(context)
@@ -255,7 +255,7 @@ def preference_pairs(
     """Build the items of the blind A/B test, with a balanced, seeded A/B order per item and participant."""
     from melt.outputs import check_output_file
     from melt.review.pairs import PairsSettings, identical_items, write_pairs
-    from melt.review.settings import load_settings
+    from melt.settings import load_settings
 
     check_output_file(out)
     given = terminal.options_given(context)
@@ -315,7 +315,7 @@ def preference_serve(
     files are served. Stop with Ctrl-C.
     """
     from melt.review.server import ServeSettings, serve
-    from melt.review.settings import load_settings
+    from melt.settings import load_settings
 
     given = terminal.options_given(context)
     values = {
