@@ -187,6 +187,8 @@ def test_a_panel_of_8_hears_the_audio_with_8_distinct_temperatures(tmp_path, voi
     assert votes.groupby("annotator")["temperature"].nunique().eq(1).all()
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["panel"]["fleiss_kappa"] == 1.0 and run["panel"]["fleiss_kappa_utterances"] == 5
+    table = pd.read_parquet(tmp_path / "run" / "annotations.parquet")
+    assert (table["panel_fleiss_kappa"] == 1.0).all() and "panel_fleiss_kappa" in run["columns"]
     assert run["audio"]["check"]["status"] == "hears audio"
     assert run["audio"]["utterances"] == 5 and run["identity"]["audio"]["audio_max_seconds"] == 30.0
     assert run["identity"]["panel"]["panel"] == "scaling-ambiguity"
@@ -279,6 +281,7 @@ def test_a_panel_of_one_has_no_kappa_and_says_so(tmp_path):
     with FakeOpenAIServer() as server:
         result = run_annotation(table, panel_config(server, annotators=1), tmp_path / "run")
     assert result.panel["fleiss_kappa"] is None and result.panel["fleiss_kappa_utterances"] == 0
+    assert result.annotations["panel_fleiss_kappa"].isna().all()
     assert result.annotations["samples"].tolist() == [1]
 
 

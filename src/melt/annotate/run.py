@@ -111,6 +111,7 @@ COLUMN_MEANINGS: dict[str, str] = {
     "distribution": "with --samples: each label's share of the valid samples, as JSON",
     "samples": "valid samples behind the answer",
     "agreement": "share of the valid samples that gave the majority label",
+    "panel_fleiss_kappa": "with --panel: Fleiss' κ of the whole panel over all utterances (the same on every row)",
     "error": "why no usable answer was obtained (invalid, failed)",
     "raw_reply": "the model's reply as written: the chosen sample's for ok rows, the last one for invalid rows",
     "prompt_tokens": "prompt tokens billed for the row (all samples and re-asks)",
@@ -431,6 +432,10 @@ async def _run(
                 votes = votes_table([u.id for u in utterances], outcomes, panel)
                 off_set = off_set_labels(outcomes.values())
                 panel_summary = panel_report(votes, panel, list(config.labels.labels), off_set)
+                # One figure for the whole panel, on every row so that the table carries it (run.json too).
+                annotations["panel_fleiss_kappa"] = pd.Series(
+                    panel_summary["fleiss_kappa"], index=annotations.index, dtype="Float64"
+                )
             audio = None
             if config.audio:
                 audio = audio_plan(utterances, config).to_json()
@@ -621,7 +626,7 @@ def _write_outputs(
         "stop_reason": result.stats.stop_reason,
         "this_invocation": result.stats.to_json(),
         "totals": result.totals,
-        "columns": COLUMN_MEANINGS,
+        "columns": {c: COLUMN_MEANINGS[c] for c in result.annotations.columns if c in COLUMN_MEANINGS},
         "provenance": made,
     }
     if result.batch is not None:
