@@ -282,6 +282,9 @@ class AudioCheck:
             self.result = await self._probe(annotator)
             if self.result["status"] in self.FINDINGS:
                 store.set_meta_json(self.META + json.dumps(annotator.identity, sort_keys=True), self.result)
+        measured = self.result.get("audio_tokens_per_second_measured")
+        if measured:
+            annotator.learn_audio_rate(measured)
         where = f"{getattr(backend, 'base_url', backend.name)} (model {backend.model})"
         if self.result["status"] == "ignores audio":
             tokens = self.result["prompt_tokens_with_audio"]

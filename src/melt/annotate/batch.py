@@ -47,7 +47,7 @@ from melt.annotate.store import RequestStore
 from melt.errors import MeltError
 from melt.llm.base import BackendError, ChatReply, ChatRequest, RequestFailed, RetryableError
 from melt.llm.batch_api import CHAT_ENDPOINT, LIVE, TERMINAL, BatchAPI, Refused
-from melt.llm.openai import MalformedReply, OpenAIBackend, parse_completion, parse_usage
+from melt.llm.openai import MalformedReply, OpenAIBackend, parse_audio_tokens, parse_completion, parse_usage
 from melt.llm.pricing import Price
 
 #: Work files of the run folder's batches (input files before upload, result files while collected).
@@ -532,7 +532,11 @@ class BatchSession:
         if result.state == "done" and not done and request_json is not None:
             reply = result.reply
             assert reply is not None
-            cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else None
+            cost = (
+                self.price.cost(reply.prompt_tokens, reply.completion_tokens, reply.audio_prompt_tokens)
+                if self.price
+                else None
+            )
             self.store.put_done(key, utterance_id=utterance_id, sample=sample, turn=turn,
                                 request_json=request_json, content=reply.content,
                                 finish_reason=reply.finish_reason, logprobs=reply.logprobs, raw_response=result.raw,
@@ -867,7 +871,15 @@ def _result_of(item: dict[str, Any], exact: bool = True) -> _Result:
             prompt_tokens, completion_tokens = parse_usage(body)
         except MalformedReply as exc:
             return _Result("failed", f"{exc.reason} (in the batch's output)")
-        reply = ChatReply(content, prompt_tokens, completion_tokens, finish_reason, logprobs)
+        audio_tokens = min(parse_audio_tokens(body), prompt_tokens)
+        reply = ChatReply(
+            content,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            logprobs,
+            audio_prompt_tokens=audio_tokens,
+        )
         raw = orjson.dumps(body).decode() if exact else json.dumps(body, ensure_ascii=False)
         return _Result("done", reply=reply, raw=raw)
     if isinstance(error, dict):

@@ -122,6 +122,14 @@ class AnnotateConfig(BaseModel):
             raise ValueError(
                 "samples: a panel asks each annotator once; set the panel's size with annotators"
             )
+        if self.panel is not None:
+            # What a panel decides itself, from a settings file as from a flag: never silently ignored.
+            for name in ("temperature", "prompt", "schema_kind"):
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(
+                        f"{name}: does not apply to a panel (each annotator has its own temperature and answers "
+                        "with the panel's template and one label; set them in a panel file)"
+                    )
         if self.panel is None and self.annotators is not None:
             raise ValueError("annotators: sets the size of a panel; give the panel too (--panel)")
         if any(not (rate > 0) for rate in self.audio_token_rates.values()):
@@ -142,10 +150,21 @@ class AnnotateConfig(BaseModel):
         return load_settings(cls, path, under=recorded, what="annotation settings", **overrides)
 
     def public(self) -> dict[str, Any]:
-        """The settings as recorded in run.json: a base URL without its credentials."""
-        from melt.provenance import safe_url
+        """The settings as recorded in run.json, so that `melt annotate RUN_DIR` continues the run from anywhere:
+        a base URL without credentials (its query kept, as the folder's identity has it, credential-named values
+        masked), and a panel file, template file or GGUF model given by a relative path made absolute."""
+        from melt.annotate.panel import BUILTIN_PANELS
+        from melt.prompts import BUILTIN_TEMPLATES, PANEL_TEMPLATES
+        from melt.provenance import identity_url
 
         data = self.model_dump(mode="json")
         if self.base_url:
-            data["base_url"] = safe_url(self.base_url)
+            data["base_url"] = identity_url(self.base_url)
+        builtin = {"panel": BUILTIN_PANELS, "prompt": BUILTIN_TEMPLATES + PANEL_TEMPLATES, "model": ()}
+        for name, names in builtin.items():
+            value = data.get(name)
+            if name == "model" and not str(value).endswith(".gguf"):
+                continue  # a server's model name, never a path
+            if isinstance(value, str) and value not in names and Path(value).expanduser().is_file():
+                data[name] = str(Path(value).expanduser().resolve())
         return data

@@ -737,6 +737,12 @@ class Annotator:
             self._count(reply.prompt_tokens, reply.completion_tokens, cost)
         return reply
 
+    def learn_audio_rate(self, tokens_per_second: float) -> None:
+        """A rate of audio tokens per second the server billed or showed: the budget's worst case uses the highest
+        seen, not a table's figure the server does not keep to."""
+        self.audio_tokens_per_second = max(self.audio_tokens_per_second or 0.0, tokens_per_second)
+        self._budget_freed.set()  # requests waiting for budget estimate again
+
     def _cost(self, reply: ChatReply) -> float | None:
         if self.price is None:
             return None
@@ -824,6 +830,9 @@ class Annotator:
             if reply.audio_prompt_tokens or not audio_parts(request.messages):
                 chars = text_chars(request.messages)
                 self._tokens_per_char = max(self._tokens_per_char, text_tokens / max(chars, 1))
+            seconds = audio_seconds(request.messages)
+            if reply.audio_prompt_tokens and seconds:
+                self.learn_audio_rate(reply.audio_prompt_tokens / seconds)
             self.pacer.tokens_per_request = reply.prompt_tokens + (request.max_tokens or 0)
         self._account(outcome, reply.prompt_tokens, reply.completion_tokens, cost)
         return StoredReply(reply.content, reply.prompt_tokens, reply.completion_tokens, cost,
@@ -840,8 +849,9 @@ class Annotator:
         cost = self.price.cost(billed.prompt_tokens, billed.completion_tokens) if self.price else None
         self._count(billed.prompt_tokens, billed.completion_tokens, cost)
         self._account(outcome, billed.prompt_tokens, billed.completion_tokens, cost)
-        if billed.prompt_tokens:
-            chars = sum(len(m.get("content", "")) for m in request.messages)
+        if billed.prompt_tokens and not audio_parts(request.messages):
+            # with audio, the text's share of the count is unknown (the error carries no details)
+            chars = text_chars(request.messages)
             self._tokens_per_char = max(self._tokens_per_char, billed.prompt_tokens / max(chars, 1))
         return billed.prompt_tokens, billed.completion_tokens, cost
 
@@ -895,10 +905,11 @@ class Annotator:
         price = price or self.price
         if self.config.max_cost is None or price is None:
             return 0.0
-        chars = text_chars(request.messages)
-        audio = math.ceil(audio_seconds(request.messages) * (self.audio_tokens_per_second or 0))
+        chars, seconds = text_chars(request.messages), audio_seconds(request.messages)
         while True:
-            # Estimated again after each wait: the replies meanwhile may have shown the text to be denser.
+            # Estimated again after each wait: the replies meanwhile may have shown the text to be denser, or
+            # the audio to make more tokens.
+            audio = math.ceil(seconds * (self.audio_tokens_per_second or 0))
             prompt = math.ceil(chars * self._tokens_per_char) + 16 + audio
             worst = price.cost(prompt, request.max_tokens or 0, audio)
             if self.stats.stopped_by_budget:

@@ -293,9 +293,11 @@ def run_annotation(
     corpus_path: str | Path | None = None,
     progress: bool = False,
     force_reuse: bool = False,
+    send: bool = True,
 ) -> RunResult:
     """Annotate `table` (a DataFrame or the path of a corpus table) into `out_dir`, resuming whatever an earlier
-    run in `out_dir` finished. `backend` defaults to `melt.llm.make_backend(config)`; a backend passed in is
+    run in `out_dir` finished. Without `send`, nothing is sent: the tables and run.json are written from the
+    store, the rest pending. `backend` defaults to `melt.llm.make_backend(config)`; a backend passed in is
     closed at the end all the same.
 
     One process at a time works in a folder, and a folder belongs to one configuration (server, model, prompt,
@@ -335,11 +337,24 @@ def run_annotation(
                 progress,
                 force_reuse,
                 corpus_columns=corpus_columns,
+                send=send,
             )
         )
     if result.stats.interrupted:
         raise RunInterrupted(result, signal.Signals[result.stats.interrupted])
     return result
+
+
+class _SendNothing:
+    """A dispatcher holding every request the store lacks: its utterance stays pending, nothing is sent."""
+
+    price = None
+
+    def route(self, outgoing: Any) -> str:
+        return "hold"
+
+    def take(self, outgoing: Any) -> None:
+        raise AssertionError("a held request is never taken")
 
 
 def _run_to_completion(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
@@ -363,6 +378,7 @@ async def _run(
     force_reuse: bool,
     *,
     corpus_columns: pd.DataFrame | None = None,
+    send: bool = True,
 ) -> RunResult:
     store = RequestStore(out_dir / STORE_NAME)
     started = datetime.now(UTC)
@@ -379,7 +395,7 @@ async def _run(
             )
         replaced = claim_folder(store, identity, force=force_reuse)
         audio_check = None
-        if config.audio:
+        if config.audio and send:
             clip = probe_clip(utterances)
             audio_check = AudioCheck(clip, allow_ignored=config.allow_ignored_audio) if clip else None
         rate = audio_rate_of(backend.model, config.audio_token_rates)
@@ -387,11 +403,12 @@ async def _run(
             config, prompt, backend, store, price,
             audio_tokens_per_second=rate.tokens_per_second if rate else None,
             server_checks=[audio_check] if audio_check else [],
+            dispatch=None if send else _SendNothing(),
         )  # fmt: skip
         if audio_check is not None:
             audio_check.recall(store, annotator.identity)
         session = None
-        if config.batch or any(r.live for r in records):
+        if send and (config.batch or any(r.live for r in records)):
             batch_price = (
                 _price(config, backend.model, free=False, batch=True)
                 if config.batch
@@ -655,9 +672,10 @@ def cancel_batches(
 ) -> tuple[BatchReport, list[BatchRecord]]:
     """Cancel the batches in progress of the run folder `out_dir` (what `config` names must be the server the
     folder's batches went to). A batch whose creation a killed process never recorded is looked for at the
-    server first; one that was never created is given up. With `wait`, wait until they have ended and store the
-    replies they completed before the cancellation (billed); otherwise the next run collects them. Returns this
-    invocation's report and the folder's batches."""
+    server first; one that was never created is given up. With `wait`, wait until they have ended, store the
+    replies they completed before the cancellation (billed) and write the tables and run.json (sending nothing,
+    when run.json names the corpus); otherwise the next run collects them. Returns this invocation's report and
+    the folder's batches."""
     out_dir = Path(out_dir)
     if not (out_dir / STORE_NAME).is_file():
         raise MeltError("not a run folder (it has no request store)", file=out_dir)
@@ -688,9 +706,31 @@ def cancel_batches(
         store = RequestStore(out_dir / STORE_NAME)
         try:
             backend = require_openai(make_backend(config))
-            return _run_to_completion(cancel(backend, store))
+            report, records = _run_to_completion(cancel(backend, store))
         finally:
             store.close()
+    corpus = _recorded_corpus(out_dir)
+    if wait and corpus is not None:
+        run_annotation(corpus, config, out_dir, send=False)
+        records = _batch_records_of(out_dir)
+    return report, records
+
+
+def _recorded_corpus(out_dir: Path) -> Path | None:
+    """The corpus table a run folder's run.json names, when it still exists."""
+    try:
+        recorded = json.loads((out_dir / "run.json").read_text(encoding="utf-8")).get("corpus")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_file() else None
+
+
+def _batch_records_of(out_dir: Path) -> list[BatchRecord]:
+    store = RequestStore(out_dir / STORE_NAME)
+    try:
+        return batch_records(store)
+    finally:
+        store.close()
 
 
 def estimate_run(
