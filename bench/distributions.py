@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,18 +32,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+from tiny_backbone import rss_mb, save_backbone  # noqa: E402
+
 FRAMES_PER_SECOND = 50  # wav2vec 2.0 / HuBERT / WavLM: a frame per 320 samples at 16 kHz
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_inputs(folder: Path) -> tuple[Path, Path, Path]:
     """The corpus table, its distributions file and the saved backbone."""
     sys.path.insert(0, str(REPO / "tests"))
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
     from transformers.utils import logging
 
     from corpora import Speech
@@ -54,19 +50,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path, Path]:
     (folder / "speech").mkdir()
     corpus = graded_iemocap(folder / "corpus", Speech(folder / "speech"))
     distributions = write_distributions(corpus, folder / "corpus")
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        conv_dim=(256,) * 7,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-    )
-    model_dir = folder / "backbone-4x256"
-    Wav2Vec2Model(config).save_pretrained(model_dir)
-    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(model_dir)
+    model_dir = save_backbone(folder)
     seconds = float(corpus.table["duration"].sum())
     print(f"corpus: {len(corpus.table)} utterances, {seconds:.1f} s of audio", file=sys.stderr)
     return corpus.table_path, distributions, model_dir
@@ -93,7 +77,7 @@ def phase(name: str, corpus: Path, distributions: Path, backbone: Path, cache_di
     targets, _ = read_distributions(distributions, "human").lookup(table["id"])
     settings = TrainSettings(epochs=epochs, seed=0)
     loss = distribution_loss("jsd-entropy")
-    baseline = _rss_mb()
+    baseline = rss_mb()
     if name == "extract":
         started = time.perf_counter()
         cache = FeatureCache.create(cache_dir, model)
@@ -112,7 +96,7 @@ def phase(name: str, corpus: Path, distributions: Path, backbone: Path, cache_di
             "frame_bytes": store.nbytes(),
             "disk_bytes": sum(p.stat().st_size for p in cache_dir.glob("frames-*")),
             "dim": model.dim,
-            "rss": _rss_mb(),
+            "rss": rss_mb(),
             "baseline": baseline,
         }
     torch.manual_seed(0)
@@ -127,7 +111,7 @@ def phase(name: str, corpus: Path, distributions: Path, backbone: Path, cache_di
         return {
             "seconds": time.perf_counter() - started,
             "epochs": epochs,
-            "rss": _rss_mb(),
+            "rss": rss_mb(),
             "baseline": baseline,
         }
 
@@ -153,7 +137,7 @@ def phase(name: str, corpus: Path, distributions: Path, backbone: Path, cache_di
     return {
         "seconds": time.perf_counter() - started,
         "epochs": epochs,
-        "rss": _rss_mb(),
+        "rss": rss_mb(),
         "baseline": baseline,
     }
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,18 +30,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+from tiny_backbone import rss_mb, save_backbone  # noqa: E402
+
 EPOCHS = 100
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_inputs(folder: Path, utterances: int) -> tuple[Path, Path]:
     """The corpus table and the saved backbone."""
     sys.path.insert(0, str(REPO / "tests"))
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
     from transformers.utils import logging
 
     from corpora import Speech
@@ -52,19 +48,7 @@ def make_inputs(folder: Path, utterances: int) -> tuple[Path, Path]:
     per_emotion = max(1, min(4, utterances // (3 * len(CREMAD_ACTORS))))
     (folder / "speech").mkdir()
     table, _, _ = acted_corpora(folder / "corpus", Speech(folder / "speech"), per_emotion=per_emotion)
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        conv_dim=(256,) * 7,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-    )
-    model_dir = folder / "backbone-4x256"
-    Wav2Vec2Model(config).save_pretrained(model_dir)
-    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(model_dir)
+    model_dir = save_backbone(folder)
     print(f"corpus: {len(table)} utterances, {table['duration'].sum():.1f} s of audio", file=sys.stderr)
     return folder / "corpus" / "cremad.parquet", model_dir
 
@@ -84,14 +68,14 @@ def phase(name: str, corpus: Path, backbone: Path, cache_dir: Path, recompute_ep
     audio_seconds = float(table["duration"].sum())
     settings = TrainSettings(epochs=EPOCHS)
     model = load_backbone(str(backbone), device="cpu")
-    baseline = _rss_mb()
+    baseline = rss_mb()
     started = time.perf_counter()
     if name == "extract":
         cache = FeatureCache.create(cache_dir, model)
         result = extract_features(table, model, cache, root=corpus.parent, progress=False)
         assert result.computed == len(table), result.problems
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "audio_seconds": audio_seconds, "rss": _rss_mb(), "baseline": baseline}
+        return {"seconds": seconds, "audio_seconds": audio_seconds, "rss": rss_mb(), "baseline": baseline}
     if name == "cached":
         trained = train_model(
             cache_dir, table, "label", None, settings=settings, root=corpus.parent, progress=False
@@ -101,7 +85,7 @@ def phase(name: str, corpus: Path, backbone: Path, cache_dir: Path, recompute_ep
             "seconds": seconds,
             "epochs": EPOCHS,
             "n_train": trained.info["n_train"],
-            "rss": _rss_mb(),
+            "rss": rss_mb(),
             "baseline": baseline,
         }
     # recompute: per epoch, pooled features of every utterance from the backbone, then one epoch of the head
@@ -121,7 +105,7 @@ def phase(name: str, corpus: Path, backbone: Path, cache_dir: Path, recompute_ep
     seconds = time.perf_counter() - started
     # the recomputed features are the cached ones: the comparison is of equal work
     assert np.allclose(pooled, reference, rtol=1e-3, atol=1e-4)
-    return {"seconds": seconds, "epochs": recompute_epochs, "rss": _rss_mb(), "baseline": baseline}
+    return {"seconds": seconds, "epochs": recompute_epochs, "rss": rss_mb(), "baseline": baseline}
 
 
 def main() -> None:
