@@ -289,8 +289,7 @@ def resolve_run_folder(
 ) -> tuple[Path | None, Path, dict | None]:
     """(corpus table, run folder, settings run.json recorded) of the command's arguments: CORPUS --out OUT, or
     a run folder alone (its run.json names the corpus and the settings)."""
-    import json
-
+    from melt.annotate.run import run_record
     from melt.annotate.store import STORE_NAME
     from melt.errors import MeltError
 
@@ -304,13 +303,7 @@ def resolve_run_folder(
         raise MeltError(
             f"{corpus} is a run folder: give it alone to continue it, or a corpus table with --out {out}"
         )
-    recorded: dict | None = None
-    run_json = corpus / "run.json"
-    if run_json.is_file():
-        try:
-            recorded = json.loads(run_json.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as exc:
-            raise MeltError(f"cannot read it ({exc})", file=run_json) from exc
+    recorded = run_record(corpus)
     table = (recorded or {}).get("corpus")
     if table is None and need_corpus:
         raise MeltError(

@@ -160,11 +160,11 @@ class AnnotateConfig(BaseModel):
         data = self.model_dump(mode="json")
         if self.base_url:
             data["base_url"] = identity_url(self.base_url)
-        builtin = {"panel": BUILTIN_PANELS, "prompt": BUILTIN_TEMPLATES + PANEL_TEMPLATES, "model": ()}
+        builtin = {"panel": BUILTIN_PANELS, "prompt": BUILTIN_TEMPLATES + PANEL_TEMPLATES}
+        if str(self.model).endswith(".gguf"):  # a local model file; otherwise a server's model name
+            builtin["model"] = ()
         for name, names in builtin.items():
             value = data.get(name)
-            if name == "model" and not str(value).endswith(".gguf"):
-                continue  # a server's model name, never a path
             if isinstance(value, str) and value not in names and Path(value).expanduser().is_file():
                 data[name] = str(Path(value).expanduser().resolve())
         return data

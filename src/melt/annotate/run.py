@@ -709,20 +709,25 @@ def cancel_batches(
             report, records = _run_to_completion(cancel(backend, store))
         finally:
             store.close()
-    corpus = _recorded_corpus(out_dir)
-    if wait and corpus is not None:
+    corpus = (run_record(out_dir) or {}).get("corpus")
+    if wait and isinstance(corpus, str) and Path(corpus).is_file():
         run_annotation(corpus, config, out_dir, send=False)
         records = _batch_records_of(out_dir)
     return report, records
 
 
-def _recorded_corpus(out_dir: Path) -> Path | None:
-    """The corpus table a run folder's run.json names, when it still exists."""
-    try:
-        recorded = json.loads((out_dir / "run.json").read_text(encoding="utf-8")).get("corpus")
-    except (OSError, ValueError, AttributeError):
+def run_record(out_dir: str | Path) -> dict[str, Any] | None:
+    """What a run folder's run.json records (corpus, settings, totals...); None before a run wrote one."""
+    path = Path(out_dir) / "run.json"
+    if not path.is_file():
         return None
-    return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_file() else None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise MeltError(f"cannot read it ({exc})", file=path) from exc
+    if not isinstance(recorded, dict):
+        raise MeltError("expected a JSON object", file=path)
+    return recorded
 
 
 def _batch_records_of(out_dir: Path) -> list[BatchRecord]:
@@ -839,4 +844,5 @@ __all__ = [
     "estimate_run",
     "load_corpus",
     "run_annotation",
+    "run_record",
 ]
